@@ -1,0 +1,528 @@
+"""`SGSWrapper`: spatial gradient scaling around any Keras optimizer."""
+
+import contextlib
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+from keras.src.utils import tracking
+
+from keras_sgs import masks as masks_lib
+from keras_sgs.conv_kernels import conv_kernel_owners
+
+MODES = ("gradient", "update")
+
+# Optimizers that normalise each element of the gradient, so that a constant
+# gradient mask (nearly) cancels; Lion's sign cancels it exactly.
+_ADAPTIVE_OPTIMIZER_NAMES = (
+    "Adadelta",
+    "Adafactor",
+    "Adagrad",
+    "Adam",
+    "Adamax",
+    "Ftrl",
+    "Lamb",
+    "Lion",
+    "Muon",
+    "Nadam",
+    "RMSprop",
+)
+
+
+def _adaptive_optimizer_types():
+    return tuple(
+        getattr(keras.optimizers, name)
+        for name in _ADAPTIVE_OPTIMIZER_NAMES
+        if hasattr(keras.optimizers, name)
+    )
+
+
+def _eager_variable_creation():
+    """`tf.init_scope()` on TensorFlow: masks are created eagerly even when
+    the optimizer is first built inside a traced train step (Keras <= 3.15
+    does not do this for optimizer variables, see keras#23085)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.init_scope()
+    return contextlib.nullcontext()
+
+
+def _initial_masks_from_argument(masks):
+    """Validates the `masks=` argument; returns None, an array or a dict."""
+    if masks is None:
+        return None
+    if isinstance(masks, dict):
+        result = {}
+        for key, value in masks.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    "The keys of `masks` must be layer names or variable "
+                    f"paths (str). Received: key={key!r}"
+                )
+            result[key] = _as_mask_array(value, f"masks[{key!r}]")
+        return result
+    return _as_mask_array(masks, "masks")
+
+
+def _as_mask_array(value, name):
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"`{name}` must be an array of numbers or a dict of them. "
+            f"Received: {name}={value!r}"
+        ) from None
+    if not 1 <= array.ndim <= 5 or array.size == 0:
+        raise ValueError(
+            f"`{name}` must be a mask of the kernel's spatial shape, e.g. "
+            f"(3, 3). Received: {name} with shape {array.shape}"
+        )
+    if not np.all(np.isfinite(array)) or np.any(array < 0):
+        raise ValueError(
+            f"`{name}` must be finite and non-negative. Received: "
+            f"{name}={array.tolist()}"
+        )
+    return array
+
+
+@keras.saving.register_keras_serializable(package="keras_sgs")
+class SGSWrapper(keras.optimizers.Optimizer):
+    """An optimizer that applies spatial gradient scaling to conv kernels.
+
+    Spatial gradient scaling (SGS, Detkov et al., ICLR 2023) multiplies the
+    gradient of every convolution kernel `W` of spatial size `kh x kw` by a
+    small spatial matrix `S` (the *mask*), broadcast over the channel axes,
+    before the wrapped optimizer takes its step:
+
+    ```python
+    grad = S * grad      # S has shape (kh, kw, 1, 1), mean 1
+    inner_optimizer.apply(grad)
+    ```
+
+    With SGD (with or without momentum, Nesterov or decoupled weight decay)
+    this gives exactly the training dynamics of a block of parallel conv
+    branches (ACNet, RepVGG) without building the branches; see
+    `mask_from_branches`. `MIScalingCallback` learns `S` per layer from
+    data. Masks start at ones (plain training) unless `masks=` says
+    otherwise.
+
+    Which variables are scaled: the `kernel` of `Conv1D/2D/3D` and
+    `Conv1D/2D/3DTranspose`, the `depthwise_kernel` of `DepthwiseConv1D/2D`
+    and `SeparableConv1D/2D`, when the kernel has more than one spatial
+    position. The selection goes through the layer objects that own the
+    variables (see `keras_sgs.conv_kernels`), never through names or shapes,
+    so a `Dense`, `EinsumDense` / `MultiHeadAttention` or `Embedding` kernel,
+    a bias, a normalisation weight or a 1x1 kernel is never scaled.
+
+    Modes:
+
+    - `"gradient"` (the paper): the loss gradient is masked before the inner
+      optimizer sees it, so the inner optimizer's clipping (`clipnorm`,
+      `clipvalue`, `global_clipnorm`) acts on the *masked* gradient (the
+      authors clip before masking; leave clipping off, or expect a
+      slightly different clip threshold). Decoupled `weight_decay` is
+      computed from the variable and is not masked. For adaptive
+      optimizers (Adam, RMSprop, Lion, ...) a constant gradient mask
+      (nearly) cancels, and a warning says so.
+    - `"update"`: the inner optimizer steps as usual, then the step it took
+      on each scaled kernel is masked, `W <- W_old + S * (W_new - W_old)`,
+      which is how branched training scales Adam-like updates. Decoupled
+      weight decay is taken out of the masked part and applied unscaled,
+      as each branch would decay by itself; constraints are applied again
+      after masking. Not available with `gradient_accumulation_steps` or
+      `ema_overwrite_frequency` on the inner optimizer.
+
+    Masks are float32 optimizer variables (one per scaled kernel, shape
+    `kernel.shape[:-2] + (1, 1)`): a callback can change them between steps
+    without retracing, they are saved with the optimizer (`.keras`,
+    `.weights.h5`, `tf.train.Checkpoint`) and mirrored under
+    `tf.distribute`. Learning rate, iterations, loss scaling, weight decay
+    exclusion and EMA finalisation are forwarded to the inner optimizer.
+    Under `mixed_float16`, Keras wraps this optimizer in a
+    `LossScaleOptimizer`, which works.
+
+    Example:
+
+    ```python
+    model.compile(
+        optimizer=keras_sgs.SGSWrapper(
+            keras.optimizers.SGD(0.1, momentum=0.9)
+        ),
+        loss="sparse_categorical_crossentropy",
+    )
+    model.fit(ds, callbacks=[keras_sgs.MIScalingCallback(images)])
+
+    # Or a fixed mask: ACNet's 3x3 + 1x3 + 3x1 dynamics for every 3x3 conv.
+    optimizer = keras_sgs.SGSWrapper(
+        keras.optimizers.SGD(0.1, momentum=0.9),
+        masks=keras_sgs.mask_from_branches(
+            (3, 3), [((3, 3), 1.0), ((1, 3), 1.0), ((3, 1), 1.0)]
+        ),
+    )
+    ```
+
+    Args:
+        inner_optimizer: `keras.optimizers.Optimizer` instance (or a name or
+            config `keras.optimizers.get` understands) that takes the step.
+            Not a `LossScaleOptimizer`, a `MultiOptimizer` or another
+            `SGSWrapper`.
+        mode: `"gradient"` or `"update"`, see above. Defaults to
+            `"gradient"`.
+        masks: initial masks. `None` (all ones), one array used for every
+            scaled kernel of that spatial shape (e.g. `(3, 3)`), or a dict
+            from layer name or variable path to an array. Every array may
+            carry a trailing `(1, 1)`. A mask that matches no scaled kernel
+            raises a `ValueError` when the optimizer is built. Defaults to
+            `None`.
+        name: String. The name of the optimizer. Defaults to a unique name.
+    """
+
+    def __init__(
+        self, inner_optimizer, mode="gradient", masks=None, name=None, **kwargs
+    ):
+        if kwargs:
+            raise ValueError(
+                "SGSWrapper takes no base optimizer arguments; set them on "
+                f"the `inner_optimizer`. Received: {sorted(kwargs)}"
+            )
+        super().__init__(learning_rate=0.0, name=name)
+        if isinstance(inner_optimizer, (str, dict)):
+            inner_optimizer = keras.optimizers.get(inner_optimizer)
+        _check_inner_optimizer(inner_optimizer)
+        if mode not in MODES:
+            raise ValueError(
+                f"`mode` must be one of {MODES}. Received: mode={mode!r}"
+            )
+        if mode == "update" and (
+            inner_optimizer.gradient_accumulation_steps
+            or inner_optimizer.ema_overwrite_frequency
+        ):
+            raise ValueError(
+                "mode='update' cannot mask the step of an inner optimizer "
+                "that accumulates gradients or overwrites variables with "
+                "their EMA. Received: gradient_accumulation_steps="
+                f"{inner_optimizer.gradient_accumulation_steps}, "
+                "ema_overwrite_frequency="
+                f"{inner_optimizer.ema_overwrite_frequency}"
+            )
+        self.inner_optimizer = inner_optimizer
+        self.mode = mode
+        self._initial_masks = _initial_masks_from_argument(masks)
+        self._masks = []
+        if mode == "gradient" and isinstance(
+            inner_optimizer, _adaptive_optimizer_types()
+        ):
+            warnings.warn(
+                f"SGSWrapper(mode='gradient') around "
+                f"{type(inner_optimizer).__name__}: this optimizer "
+                "normalises each gradient element, so a constant gradient "
+                "mask (nearly) cancels. Use mode='update' to scale its "
+                "steps instead.",
+                stacklevel=2,
+            )
+
+    # -- building -----------------------------------------------------------
+
+    @tracking.no_automatic_dependency_tracking
+    def build(self, var_list):
+        var_list = list(var_list)
+        owners = conv_kernel_owners(var_list)
+        unused = self._unused_mask_keys()
+        self._masks = []
+        with _eager_variable_creation():
+            for variable in var_list:
+                layer = owners.get(id(variable))
+                if layer is None:
+                    self._masks.append(None)
+                    continue
+                value = self._initial_mask(variable, layer, unused)
+                self._masks.append(
+                    self.add_variable(
+                        shape=value.shape,
+                        initializer=lambda shape, dtype, value=value: (
+                            ops.cast(value, dtype)
+                        ),
+                        dtype="float32",
+                        aggregation="only_first_replica",
+                        name=f"{variable.path.replace('/', '_')}_sgs_mask",
+                    )
+                )
+        if unused:
+            raise ValueError(
+                "Some `masks` of this SGSWrapper match no scaled conv "
+                f"kernel. Unused: {sorted(unused)}. Scaled kernels: "
+                f"{[v.path for v in var_list if id(v) in owners]}"
+            )
+        self.inner_optimizer.build(var_list)
+        super().build(var_list)
+
+    def _unused_mask_keys(self):
+        if self._initial_masks is None:
+            return set()
+        if isinstance(self._initial_masks, dict):
+            return set(self._initial_masks)
+        return {f"array of shape {self._initial_masks.shape}"}
+
+    def _initial_mask(self, variable, layer, unused):
+        """The starting value of one kernel's mask; marks what it used."""
+        spatial_shape = tuple(variable.shape[:-2])
+        initial = self._initial_masks
+        if isinstance(initial, dict):
+            for key in (layer.name, variable.path):
+                if key in initial:
+                    unused.discard(key)
+                    return masks_lib.validate_mask(
+                        initial[key], spatial_shape, f"masks[{key!r}]"
+                    )
+        elif initial is not None and initial.shape in (
+            spatial_shape,
+            spatial_shape + (1, 1),
+        ):
+            unused.clear()
+            return masks_lib.validate_mask(initial, spatial_shape, "masks")
+        return np.ones(spatial_shape + (1, 1), dtype=np.float32)
+
+    @property
+    def variables(self):
+        return self._variables + self.inner_optimizer.variables
+
+    # -- masks --------------------------------------------------------------
+
+    def get_mask(self, variable):
+        """Returns the mask variable of a model variable, or `None`.
+
+        Args:
+            variable: a model variable this optimizer was built with.
+
+        Returns:
+            The float32 `keras.Variable` of shape
+            `variable.shape[:-2] + (1, 1)` holding the mask, or `None` if
+            the variable is not a scaled conv kernel.
+        """
+        return self._masks[self._index_of(variable)]
+
+    def set_mask(self, variable, value):
+        """Validates `value` and assigns it as the mask of `variable`.
+
+        Call it outside the train step (e.g. in a callback): under
+        `tf.distribute` the assignment reaches every replica.
+
+        Args:
+            variable: a scaled conv kernel this optimizer was built with.
+            value: array-like of shape `variable.shape[:-2]` or that shape
+                followed by `(1, 1)`; finite and non-negative.
+        """
+        mask = self.get_mask(variable)
+        if mask is None:
+            raise ValueError(
+                "`variable` is not a conv kernel scaled by this SGSWrapper. "
+                f"Received: variable={variable.path} with shape "
+                f"{tuple(variable.shape)}"
+            )
+        mask.assign(
+            masks_lib.validate_mask(value, tuple(variable.shape[:-2]))
+        )
+
+    def _index_of(self, variable):
+        if not self.built:
+            raise ValueError(
+                "This SGSWrapper is not built yet: call "
+                "`optimizer.build(model.trainable_variables)` or train a "
+                "step first."
+            )
+        try:
+            return self._get_variable_index(variable)
+        except (KeyError, AttributeError, TypeError):
+            raise ValueError(
+                "`variable` is not one of the variables this optimizer was "
+                f"built with. Received: variable={variable!r}"
+            ) from None
+
+    # -- applying -----------------------------------------------------------
+
+    def apply(self, grads, trainable_variables=None):
+        if not self.built:
+            if trainable_variables is None:
+                raise ValueError(
+                    "When passing `grads` without `trainable_variables`, the "
+                    "optimizer must already be built. Call "
+                    "`optimizer.build(trainable_variables)` first."
+                )
+            trainable_variables = list(trainable_variables)
+            with keras.name_scope(self.name, caller=self):
+                self.build(trainable_variables)
+        if trainable_variables is None:
+            variables = self._trainable_variables
+        else:
+            trainable_variables = list(trainable_variables)
+            self._check_variables_are_known(trainable_variables)
+            variables = trainable_variables
+        grads = list(grads)
+        masks = [self._masks[self._get_variable_index(v)] for v in variables]
+        if self.mode == "gradient":
+            grads = apply_masks(grads, masks)
+            self.inner_optimizer.apply(grads, trainable_variables)
+        else:
+            self._apply_masked_update(grads, trainable_variables, variables, masks)
+
+    def _apply_masked_update(self, grads, trainable_variables, variables, masks):
+        inner = self.inner_optimizer
+        scaled = [
+            (v, m)
+            for g, v, m in zip(grads, variables, masks)
+            if m is not None and g is not None
+        ]
+        learning_rate = inner.learning_rate
+        old_values = [ops.copy(v) for v, _ in scaled]
+        inner.apply(grads, trainable_variables)
+        new_values = []
+        for (variable, mask), old in zip(scaled, old_values):
+            decayed = old
+            if inner.weight_decay is not None and inner._use_weight_decay(
+                variable
+            ):
+                lr = ops.cast(learning_rate, variable.dtype)
+                wd = ops.cast(inner.weight_decay, variable.dtype)
+                decayed = old - old * wd * lr
+            value = ops.convert_to_tensor(variable)
+            mask = ops.cast(mask, variable.dtype)
+            value = value + (mask - 1) * (value - decayed)
+            if variable.constraint is not None:
+                value = variable.constraint(value)
+            new_values.append(value)
+        self._assign_in_replica_context([v for v, _ in scaled], new_values)
+
+    def _assign_in_replica_context(self, variables, values):
+        if keras.backend.backend() != "tensorflow":
+            for variable, value in zip(variables, values):
+                variable.assign(value)
+            return
+        import tensorflow as tf
+
+        def assign_all(distribution, pairs):
+            for variable, value in pairs:
+                distribution.extended.update(
+                    variable.value,
+                    lambda var, x: var.assign(x),
+                    args=(value,),
+                    group=False,
+                )
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            assign_all,
+            self._distribution_strategy,
+            list(zip(variables, values)),
+        )
+
+    # -- forwarded to the inner optimizer ------------------------------------
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    @property
+    def loss_scale_factor(self):
+        inner = self.__dict__.get("inner_optimizer")
+        return None if inner is None else inner.loss_scale_factor
+
+    @loss_scale_factor.setter
+    def loss_scale_factor(self, value):
+        # `Optimizer.__init__` sets this before `inner_optimizer` exists;
+        # `LossScaleOptimizer` sets it to None to avoid double unscaling.
+        inner = self.__dict__.get("inner_optimizer")
+        if inner is not None:
+            inner.loss_scale_factor = value
+
+    def scale_loss(self, loss):
+        return self.inner_optimizer.scale_loss(loss)
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        self.inner_optimizer.exclude_from_weight_decay(
+            var_list=var_list, var_names=var_names
+        )
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    # -- serialization ----------------------------------------------------
+
+    def get_config(self):
+        # Like LossScaleOptimizer: the base arguments live on the inner one.
+        initial = self._initial_masks
+        if isinstance(initial, dict):
+            initial = {k: v.tolist() for k, v in initial.items()}
+        elif initial is not None:
+            initial = initial.tolist()
+        return {
+            "name": self.name,
+            "inner_optimizer": keras.saving.serialize_keras_object(
+                self.inner_optimizer
+            ),
+            "mode": self.mode,
+            "masks": initial,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        inner_optimizer = keras.saving.deserialize_keras_object(
+            config.pop("inner_optimizer"), custom_objects=custom_objects
+        )
+        return cls(inner_optimizer, **config)
+
+
+SpatialGradientScaling = SGSWrapper
+
+
+def apply_masks(grads, masks):
+    """Multiplies each gradient by its mask (`None` masks pass through).
+
+    Args:
+        grads: list of gradient tensors (or `None`).
+        masks: list, aligned with `grads`, of mask tensors of shape
+            `kernel.shape[:-2] + (1, 1)` or `None`.
+
+    Returns:
+        The list of masked gradients, each in its own dtype.
+    """
+    return [
+        g if m is None or g is None else g * ops.cast(m, g.dtype)
+        for g, m in zip(grads, masks)
+    ]
+
+
+def _check_inner_optimizer(inner_optimizer):
+    if isinstance(inner_optimizer, SGSWrapper):
+        raise ValueError(
+            "`inner_optimizer` is already an SGSWrapper; wrap the plain "
+            f"optimizer once. Received: inner_optimizer={inner_optimizer}"
+        )
+    if isinstance(inner_optimizer, keras.optimizers.LossScaleOptimizer):
+        raise ValueError(
+            "`inner_optimizer` must not be a LossScaleOptimizer: wrap the "
+            "plain optimizer and let `compile()` add loss scaling outside "
+            "(LossScaleOptimizer(SGSWrapper(...))) under mixed_float16. "
+            f"Received: inner_optimizer={inner_optimizer}"
+        )
+    if hasattr(inner_optimizer, "optimizers"):
+        raise ValueError(
+            "`inner_optimizer` must not be a MultiOptimizer: put the "
+            "SGSWrapper around the sub-optimizer that trains the conv "
+            f"layers. Received: inner_optimizer={inner_optimizer}"
+        )
+    if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
+        raise TypeError(
+            "`inner_optimizer` must be a keras.optimizers.Optimizer "
+            f"instance. Received: inner_optimizer={inner_optimizer!r} of "
+            f"type {type(inner_optimizer).__name__}"
+        )
