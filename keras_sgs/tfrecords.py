@@ -1,0 +1,121 @@
+"""Read image TFRecords without TensorFlow (for JAX/PyTorch and tests).
+
+The records are `tf.train.Example`s with the features TensorFlow's ImageNet
+TFRecords use: `image/encoded` (JPEG or PNG bytes) and `image/class/label`
+(int64). The TFRecord framing and the few protobuf fields involved are
+parsed here; images are decoded with Pillow. CRCs are not checked.
+"""
+
+import glob
+import io
+import struct
+
+import numpy as np
+
+
+def _varint(buf, pos):
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf):
+    """Yields `(field_number, wire_type, value)` of one protobuf message."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = buf[pos : pos + size], pos + size
+        elif wire == 1:
+            value, pos = buf[pos : pos + 8], pos + 8
+        elif wire == 5:
+            value, pos = buf[pos : pos + 4], pos + 4
+        else:
+            raise ValueError(f"Unsupported protobuf wire type {wire}.")
+        yield number, wire, value
+
+
+def _parse_example(record):
+    """Returns `{name: list of bytes or ints}` for one `tf.train.Example`."""
+    features = {}
+    for _, _, features_msg in _fields(record):  # Example.features
+        for _, _, entry in _fields(features_msg):  # Features.feature map
+            key = value = None
+            for number, _, field in _fields(entry):
+                if number == 1:
+                    key = bytes(field).decode()
+                else:
+                    value = field
+            values = []
+            for kind, _, lst in _fields(value or b""):  # Feature oneof
+                for _, wire, item in _fields(lst):
+                    if kind == 1:  # BytesList
+                        values.append(bytes(item))
+                    elif kind == 3 and wire == 2:  # packed Int64List
+                        pos = 0
+                        while pos < len(item):
+                            v, pos = _varint(item, pos)
+                            values.append(v - (1 << 64) if v >> 63 else v)
+                    elif kind == 3:
+                        values.append(item - (1 << 64) if item >> 63 else item)
+            features[key] = values
+    return features
+
+
+def _records(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos < len(data):
+        (length,) = struct.unpack_from("<Q", data, pos)
+        pos += 12  # length and its masked CRC
+        yield memoryview(data)[pos : pos + length]
+        pos += length + 4  # data and its masked CRC
+
+
+def read_image_records(pattern, limit=None):
+    """Reads labelled images from TFRecord files into numpy arrays.
+
+    Example:
+
+    ```python
+    images, labels = keras_sgs.tfrecords.read_image_records(
+        "../shared/data/cifar10/train-*.tfrecord", limit=256
+    )
+    images.shape  # (256, 32, 32, 3), uint8
+    ```
+
+    Args:
+        pattern: str. A glob of TFRecord files, read in sorted order.
+        limit: int or `None`. Read at most this many images.
+
+    Returns:
+        `(images, labels)`: a uint8 array `(N, H, W, 3)` and an int64 array
+        `(N,)`.
+    """
+    from PIL import Image
+
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise ValueError(
+            f"`pattern` matches no file. Received: pattern={pattern!r}"
+        )
+    images, labels = [], []
+    for path in paths:
+        for record in _records(path):
+            if limit is not None and len(images) >= limit:
+                break
+            example = _parse_example(bytes(record))
+            image = Image.open(io.BytesIO(example["image/encoded"][0]))
+            images.append(np.asarray(image.convert("RGB")))
+            labels.append(example["image/class/label"][0])
+    return np.stack(images), np.asarray(labels, dtype=np.int64)

@@ -1,0 +1,433 @@
+"""SGSWrapper against independent references: the inner optimizer, a
+hand-computed numpy update and a branched model trained on CIFAR-10."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND
+
+import keras_sgs
+
+ACB = keras_sgs.mask_from_branches(
+    (3, 3), [((3, 3), 1.0), ((1, 3), 1.0), ((3, 1), 1.0)]
+)
+
+
+def mixed_model():
+    """One of each layer kind SGSWrapper must scale or must leave alone."""
+    image = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv2d")(image)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="depthwise")(x)
+    x = keras.layers.SeparableConv2D(4, 3, padding="same", name="separable")(x)
+    x = keras.layers.Conv2DTranspose(4, 3, padding="same", name="transpose")(x)
+    x = keras.layers.Conv2D(4, 1, name="pointwise_1x1")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    tokens = keras.Input((6,), dtype="int32", name="tokens")
+    t = keras.layers.Embedding(10, 8, name="embedding")(tokens)
+    t = keras.layers.Conv1D(8, 3, padding="same", name="conv1d")(t)
+    t = keras.layers.MultiHeadAttention(2, 4, name="mha")(t, t)
+    t = keras.layers.GlobalAveragePooling1D()(t)
+    volume = keras.Input((4, 4, 4, 2), name="volume")
+    v = keras.layers.Conv3D(2, 3, padding="same", name="conv3d")(volume)
+    v = keras.layers.GlobalAveragePooling3D()(v)
+    out = keras.layers.Dense(3, name="dense")(
+        keras.layers.Concatenate()([x, t, v])
+    )
+    return keras.Model([image, tokens, volume], out)
+
+
+SCALED = {
+    "conv2d/kernel",
+    "depthwise/kernel",
+    "separable/depthwise_kernel",
+    "transpose/kernel",
+    "conv1d/kernel",
+    "conv3d/kernel",
+}
+
+
+def scaled_paths(model, optimizer):
+    return {
+        v.path
+        for v in model.trainable_variables
+        if optimizer.get_mask(v) is not None
+    }
+
+
+def random_grads(variables, rng):
+    return [
+        keras.ops.convert_to_tensor(rng.normal(size=v.shape), "float32")
+        for v in variables
+    ]
+
+
+def values(variables):
+    return [keras.ops.convert_to_numpy(v).copy() for v in variables]
+
+
+def test_selects_exactly_the_conv_kernels():
+    model = mixed_model()
+    optimizer = keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1))
+    optimizer.build(model.trainable_variables)
+    assert scaled_paths(model, optimizer) == SCALED
+    for v in model.trainable_variables:
+        mask = optimizer.get_mask(v)
+        if mask is not None:
+            assert tuple(mask.shape) == tuple(v.shape[:-2]) + (1, 1)
+            assert mask.dtype == "float32"
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask), 1)
+
+
+def test_all_ones_masks_give_the_inner_trajectory():
+    rng = np.random.default_rng(0)
+    model = mixed_model()
+    start = values(model.trainable_variables)
+    steps = [random_grads(model.trainable_variables, rng) for _ in range(4)]
+
+    def train(optimizer):
+        for v, x in zip(model.trainable_variables, start):
+            v.assign(x)
+        for grads in steps:
+            optimizer.apply(grads, model.trainable_variables)
+        return values(model.trainable_variables)
+
+    kwargs = dict(learning_rate=0.1, momentum=0.9, weight_decay=1e-2)
+    plain = train(keras.optimizers.SGD(**kwargs))
+    wrapped = train(keras_sgs.SGSWrapper(keras.optimizers.SGD(**kwargs)))
+    for a, b in zip(plain, wrapped):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_with_all_ones_masks_matches_inner():
+    rng = np.random.default_rng(1)
+    data = (
+        [
+            rng.normal(size=(16, 8, 8, 3)),
+            rng.integers(0, 10, (16, 6)),
+            rng.normal(size=(16, 4, 4, 4, 2)),
+        ],
+        rng.normal(size=(16, 3)),
+    )
+    results = []
+    for wrap in (False, True):
+        keras.utils.set_random_seed(3)
+        model = mixed_model()
+        optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+        if wrap:
+            optimizer = keras_sgs.SGSWrapper(optimizer)
+        model.compile(optimizer, "mse")
+        model.fit(*data, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        results.append(values(model.trainable_variables))
+        assert int(model.optimizer.iterations) == 4
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def reference_sgd(start, steps, masks, lr, momentum, nesterov, wd):
+    """Keras SGD's update written out in numpy, with the SGS mask."""
+    variables = [x.astype(np.float64) for x in start]
+    moments = [np.zeros_like(x) for x in variables]
+    for grads in steps:
+        for i, (g, mask) in enumerate(zip(grads, masks)):
+            g = g.astype(np.float64) * (1.0 if mask is None else mask)
+            variables[i] = variables[i] - variables[i] * wd * lr
+            moments[i] = moments[i] * momentum - g * lr
+            if nesterov:
+                variables[i] += moments[i] * momentum - g * lr
+            else:
+                variables[i] += moments[i]
+    return variables
+
+
+@pytest.mark.parametrize(
+    "momentum, nesterov, wd",
+    [(0.0, False, 0.0), (0.9, False, 0.0), (0.9, True, 0.0), (0.9, False, 0.05)],
+)
+def test_hand_computed_sgd_update(momentum, nesterov, wd):
+    rng = np.random.default_rng(2)
+    model = mixed_model()
+    # One mask from the constructor (by layer name), one by variable path,
+    # the rest set after building.
+    optimizer = keras_sgs.SGSWrapper(
+        keras.optimizers.SGD(
+            0.1, momentum=momentum, nesterov=nesterov, weight_decay=wd or None
+        ),
+        masks={"conv2d": ACB / ACB.mean(), "conv1d/kernel": [0.5, 2.0, 0.5]},
+    )
+    variables = model.trainable_variables
+    optimizer.build(variables)
+    masks = []
+    for v in variables:
+        if v.path in ("conv2d/kernel", "conv1d/kernel"):
+            masks.append(keras.ops.convert_to_numpy(optimizer.get_mask(v)))
+        elif v.path in SCALED:
+            mask = rng.uniform(0.0, 3.0, size=tuple(v.shape[:-2]))
+            optimizer.set_mask(v, mask)
+            masks.append(mask.reshape(mask.shape + (1, 1)))
+        else:
+            masks.append(None)
+    np.testing.assert_allclose(masks[0][..., 0, 0], ACB / ACB.mean())
+    start = values(variables)
+    steps = [random_grads(variables, rng) for _ in range(3)]
+    for grads in steps:
+        optimizer.apply(grads, variables)
+    steps = [[keras.ops.convert_to_numpy(g) for g in s] for s in steps]
+    expected = reference_sgd(start, steps, masks, 0.1, momentum, nesterov, wd)
+    for v, x in zip(variables, expected):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(v), x, rtol=2e-5, atol=2e-6,
+            err_msg=v.path,
+        )
+    assert int(optimizer.iterations) == 3
+
+
+def test_apply_without_variables_after_build():
+    # The JAX trainer calls apply(grads) with no variables.
+    rng = np.random.default_rng(3)
+    model = mixed_model()
+    optimizer = keras_sgs.SGSWrapper(keras.optimizers.SGD(1.0), masks=ACB)
+    optimizer.build(model.trainable_variables)
+    kernel = model.get_layer("conv2d").kernel
+    before = keras.ops.convert_to_numpy(kernel).copy()
+    grads = random_grads(model.trainable_variables, rng)
+    optimizer.apply(grads)
+    index = [v.path for v in model.trainable_variables].index(kernel.path)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(kernel),
+        before - ACB[..., None, None] * keras.ops.convert_to_numpy(grads[index]),
+        rtol=1e-5, atol=1e-6,
+    )
+
+
+def test_update_mode_scales_adam_steps():
+    rng = np.random.default_rng(4)
+    model = mixed_model()
+    variables = model.trainable_variables
+    start = values(variables)
+    steps = [random_grads(variables, rng) for _ in range(3)]
+
+    def run(optimizer, record_steps=False):
+        for v, x in zip(variables, start):
+            v.assign(x)
+        deltas = []
+        for grads in steps:
+            before = values(variables)
+            optimizer.apply(grads, variables)
+            deltas.append([a - b for a, b in zip(values(variables), before)])
+        return deltas
+
+    # Adam's step only depends on the gradients, so plain Adam gives the
+    # unmasked steps u_t; with decoupled decay the reference is
+    # v <- v - lr*wd*v + S*u_t.
+    plain_steps = run(keras.optimizers.Adam(0.01))
+    optimizer = keras_sgs.SGSWrapper(
+        keras.optimizers.AdamW(0.01, weight_decay=0.1), mode="update",
+        masks=ACB,
+    )
+    optimizer.build(variables)
+    run(optimizer)
+    expected = [x.astype(np.float64) for x in start]
+    for deltas in plain_steps:
+        for i, (v, d) in enumerate(zip(variables, deltas)):
+            mask = optimizer.get_mask(v)
+            mask = 1.0 if mask is None else keras.ops.convert_to_numpy(mask)
+            expected[i] = expected[i] - 0.01 * 0.1 * expected[i] + mask * d
+    for v, x in zip(variables, expected):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(v), x, rtol=1e-4, atol=1e-6,
+            err_msg=v.path,
+        )
+
+
+def test_update_mode_equals_gradient_mode_for_plain_sgd():
+    rng = np.random.default_rng(5)
+    model = mixed_model()
+    variables = model.trainable_variables
+    start = values(variables)
+    steps = [random_grads(variables, rng) for _ in range(3)]
+    results = []
+    for mode in ("gradient", "update"):
+        for v, x in zip(variables, start):
+            v.assign(x)
+        optimizer = keras_sgs.SGSWrapper(
+            keras.optimizers.SGD(0.1, weight_decay=0.05), mode=mode, masks=ACB
+        )
+        for grads in steps:
+            optimizer.apply(grads, variables)
+        results.append(values(variables))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_mode_warns_for_adaptive_optimizers():
+    with pytest.warns(UserWarning, match="mode='update'"):
+        keras_sgs.SGSWrapper(keras.optimizers.Adam())
+    with pytest.warns(UserWarning, match="Lion"):
+        keras_sgs.SGSWrapper(keras.optimizers.Lion())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keras_sgs.SGSWrapper(keras.optimizers.SGD())
+        keras_sgs.SGSWrapper(keras.optimizers.Adam(), mode="update")
+
+
+def test_forwarding():
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
+    inner = keras.optimizers.SGD(schedule, loss_scale_factor=4.0)
+    optimizer = keras_sgs.SGSWrapper(inner)
+    model = mixed_model()
+    optimizer.build(model.trainable_variables)
+    assert optimizer.iterations is inner.iterations
+    assert float(optimizer.learning_rate) == pytest.approx(0.1)
+    assert optimizer.loss_scale_factor == 4.0
+    assert float(optimizer.scale_loss(keras.ops.ones(()))) == 4.0
+    optimizer.loss_scale_factor = None
+    assert inner.loss_scale_factor is None
+    for _ in range(10):
+        optimizer.apply(
+            random_grads(model.trainable_variables, np.random.default_rng()),
+            model.trainable_variables,
+        )
+    assert float(optimizer.learning_rate) == pytest.approx(0.05)
+
+    inner = keras.optimizers.SGD(0.1)
+    keras_sgs.SGSWrapper(inner).learning_rate = 0.5
+    assert float(inner.learning_rate) == pytest.approx(0.5)
+
+    inner = keras.optimizers.SGD(0.1, weight_decay=0.1)
+    optimizer = keras_sgs.SGSWrapper(inner)
+    optimizer.exclude_from_weight_decay(var_names=["bias"])
+    bias = model.get_layer("dense").bias
+    assert not inner._use_weight_decay(bias)
+
+
+def test_ema_finalisation_is_forwarded():
+    model = mixed_model()
+    inner = keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.5)
+    optimizer = keras_sgs.SGSWrapper(inner)
+    variables = model.trainable_variables
+    rng = np.random.default_rng(6)
+    for _ in range(3):
+        optimizer.apply(random_grads(variables, rng), variables)
+    averages = values(inner._model_variables_moving_average)
+    optimizer.finalize_variable_values(variables)
+    for v, a in zip(variables, averages):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(v), a)
+
+
+def test_serialization_round_trip():
+    optimizer = keras_sgs.SGSWrapper(
+        keras.optimizers.SGD(0.1, momentum=0.9), mode="update",
+        masks={"conv2d": ACB}, name="sgs",
+    )
+    config = optimizer.get_config()
+    clone = keras_sgs.SGSWrapper.from_config(config)
+    assert clone.get_config() == config
+    restored = keras.optimizers.deserialize(
+        keras.optimizers.serialize(optimizer)
+    )
+    assert isinstance(restored, keras_sgs.SpatialGradientScaling)
+    assert restored.get_config() == config
+    assert keras.saving.get_registered_name(keras_sgs.SGSWrapper) == (
+        "keras_sgs>SGSWrapper"
+    )
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: keras_sgs.SGSWrapper(3), TypeError, "inner_optimizer=3"),
+        (
+            lambda: keras_sgs.SGSWrapper(
+                keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD())
+            ),
+            ValueError,
+            "LossScaleOptimizer",
+        ),
+        (
+            lambda: keras_sgs.SGSWrapper(
+                keras_sgs.SGSWrapper(keras.optimizers.SGD())
+            ),
+            ValueError,
+            "already an SGSWrapper",
+        ),
+        (
+            lambda: keras_sgs.SGSWrapper(
+                keras.optimizers.MultiOptimizer(
+                    keras.optimizers.OptimizerMap(keras.optimizers.SGD())
+                )
+            ),
+            ValueError,
+            "MultiOptimizer",
+        ),
+        (
+            lambda: keras_sgs.SGSWrapper(keras.optimizers.SGD(), mode="grad"),
+            ValueError,
+            "mode='grad'",
+        ),
+        (
+            lambda: keras_sgs.SGSWrapper(
+                keras.optimizers.SGD(gradient_accumulation_steps=2),
+                mode="update",
+            ),
+            ValueError,
+            "gradient_accumulation_steps=2",
+        ),
+        (
+            lambda: keras_sgs.SGSWrapper(keras.optimizers.SGD(), clipnorm=1.0),
+            ValueError,
+            "clipnorm",
+        ),
+        (
+            lambda: keras_sgs.SGSWrapper(keras.optimizers.SGD(), masks="ones"),
+            TypeError,
+            "masks='ones'",
+        ),
+        (
+            lambda: keras_sgs.SGSWrapper(keras.optimizers.SGD(), masks=-ACB),
+            ValueError,
+            "non-negative",
+        ),
+        (
+            lambda: keras_sgs.SGSWrapper(
+                keras.optimizers.SGD(), masks={3: ACB}
+            ),
+            TypeError,
+            "key=3",
+        ),
+    ],
+)
+def test_bad_constructor_arguments(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_bad_masks_and_variables_at_build_and_set():
+    model = mixed_model()
+    variables = model.trainable_variables
+    for masks, match in [
+        ({"no_such_layer": ACB}, "no_such_layer"),
+        (np.ones((5, 5)), r"shape \(5, 5\)"),
+        ({"conv2d": np.ones((5, 5))}, r"masks\['conv2d'\]"),
+    ]:
+        optimizer = keras_sgs.SGSWrapper(keras.optimizers.SGD(), masks=masks)
+        with pytest.raises(ValueError, match=match):
+            optimizer.build(variables)
+    optimizer = keras_sgs.SGSWrapper(keras.optimizers.SGD())
+    kernel = model.get_layer("conv2d").kernel
+    with pytest.raises(ValueError, match="not built"):
+        optimizer.get_mask(kernel)
+    optimizer.build(variables)
+    with pytest.raises(ValueError, match="dense/kernel"):
+        optimizer.set_mask(model.get_layer("dense").kernel, np.ones((1, 1)))
+    with pytest.raises(ValueError, match=r"\(3, 3\).*Received.*\(5, 5\)"):
+        optimizer.set_mask(kernel, np.ones((5, 5)))
+    with pytest.raises(ValueError, match="non-negative"):
+        optimizer.set_mask(kernel, -np.ones((3, 3)))
+    stranger = keras.Variable(np.ones((3, 3, 1, 1)))
+    with pytest.raises(ValueError, match="not one of the variables"):
+        optimizer.get_mask(stranger)
+    with pytest.raises(ValueError, match="without `trainable_variables`"):
+        keras_sgs.SGSWrapper(keras.optimizers.SGD()).apply([kernel])
