@@ -431,3 +431,97 @@ def test_bad_masks_and_variables_at_build_and_set():
         optimizer.get_mask(stranger)
     with pytest.raises(ValueError, match="without `trainable_variables`"):
         keras_sgs.SGSWrapper(keras.optimizers.SGD()).apply([kernel])
+
+
+# -- The theorem: SGD on parallel branches == SGS on the fused kernel ------
+
+BRANCHES = [((3, 3), 1.0), ((1, 3), 0.7), ((3, 1), 1.3), ((1, 1), 0.5)]
+
+
+class ParallelBranches(keras.layers.Layer):
+    """`sum_i a_i * conv_i(x)`: the branched block (no BN, fixed scalars)."""
+
+    def __init__(self, filters, branches, **kwargs):
+        super().__init__(**kwargs)
+        self.branches = branches
+        self.convs = [
+            keras.layers.Conv2D(
+                filters, size, padding="same", use_bias=False, dtype=self.dtype
+            )
+            for size, _ in branches
+        ]
+
+    def call(self, x):
+        return sum(a * conv(x) for conv, (_, a) in zip(self.convs, self.branches))
+
+    def fused_kernel(self):
+        kernel = 0.0
+        for conv, (size, a) in zip(self.convs, self.branches):
+            w = keras.ops.convert_to_numpy(conv.kernel)
+            pad = [((3 - s) // 2,) * 2 for s in size] + [(0, 0), (0, 0)]
+            kernel = kernel + a * np.pad(w, pad)
+        return kernel
+
+
+def _head(x):
+    x = keras.layers.ReLU(dtype="float64")(x)
+    x = keras.layers.GlobalAveragePooling2D(dtype="float64")(x)
+    return keras.layers.Dense(10, dtype="float64", name="head")(x)
+
+
+def _train_branched_and_sgs(images, labels, make_optimizer, mode, steps=50):
+    inputs = keras.Input((32, 32, 3), dtype="float64")
+    block = ParallelBranches(8, BRANCHES, dtype="float64")
+    branched = keras.Model(inputs, _head(block(inputs)))
+    conv = keras.layers.Conv2D(
+        8, 3, padding="same", use_bias=False, dtype="float64"
+    )
+    fused = keras.Model(inputs, _head(conv(inputs)))
+    conv.kernel.assign(block.fused_kernel())
+    for a, b in zip(
+        branched.get_layer("head").weights, fused.get_layer("head").weights
+    ):
+        b.assign(keras.ops.convert_to_numpy(a))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    branched.compile(make_optimizer(), loss)
+    mask = keras_sgs.mask_from_branches((3, 3), BRANCHES)
+    fused.compile(
+        keras_sgs.SGSWrapper(make_optimizer(), mode=mode, masks=mask), loss
+    )
+    x = images.astype("float64")
+    for step in range(steps):
+        batch = slice(16 * (step % 4), 16 * (step % 4 + 1))
+        branched.train_on_batch(x[batch], labels[batch])
+        fused.train_on_batch(x[batch], labels[batch])
+    expected = block.fused_kernel()
+    actual = keras.ops.convert_to_numpy(conv.kernel)
+    return np.abs(actual - expected).max() / np.abs(expected).max()
+
+
+@pytest.fixture
+def float64():
+    if BACKEND == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        yield
+        jax.config.update("jax_enable_x64", False)
+    else:
+        yield
+
+
+def test_theorem_branches_equal_sgs_on_cifar10(cifar10_train, float64):
+    images, labels = cifar10_train
+    sgd = lambda: keras.optimizers.SGD(  # noqa: E731
+        0.05, momentum=0.9, weight_decay=5e-4
+    )
+    error = _train_branched_and_sgs(images, labels, sgd, "gradient")
+    print("relative difference, SGD:", error)
+    assert error <= 1e-5, error
+    # Adam normalises each element: masking its gradient is not the
+    # branched dynamics.
+    adam = lambda: keras.optimizers.Adam(1e-3)  # noqa: E731
+    with pytest.warns(UserWarning, match="mode='update'"):
+        error = _train_branched_and_sgs(images, labels, adam, "gradient")
+    print("relative difference, Adam:", error)
+    assert error > 1e-2, error
