@@ -1,6 +1,8 @@
 """Spatial Gradient Scaling (Detkov et al., ICLR 2023) for Keras 3."""
 
 from keras_sgs.masks import mask_from_branches
+from keras_sgs.mutual_info import dependence_to_scaling
+from keras_sgs.mutual_info import spatial_dependence
 from keras_sgs.sgs_wrapper import SGSWrapper
 from keras_sgs.sgs_wrapper import SpatialGradientScaling
 
@@ -9,5 +11,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SGSWrapper",
     "SpatialGradientScaling",
+    "dependence_to_scaling",
     "mask_from_branches",
+    "spatial_dependence",
 ]

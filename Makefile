@@ -1,0 +1,19 @@
+# Each Keras backend runs in its own process (KERAS_BACKEND is read at import).
+PYTHON ?= python3
+PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider
+
+.PHONY: test test-tensorflow test-jax test-torch benchmarks
+
+test: test-tensorflow test-jax test-torch
+
+test-tensorflow:
+	KERAS_BACKEND=tensorflow $(PYTEST)
+
+test-jax:
+	KERAS_BACKEND=jax $(PYTEST)
+
+test-torch:
+	KERAS_BACKEND=torch $(PYTEST)
+
+benchmarks:
+	KERAS_BACKEND=tensorflow $(PYTHON) benchmarks/step_overhead.py

@@ -1,0 +1,307 @@
+"""The SGS-MI estimator: spatial dependence of a feature map, in `keras.ops`.
+
+For a conv layer's input feature map, `spatial_dependence` measures how much
+information the pixel at each kernel offset carries about the centre pixel
+(normalised mutual information from 2-D histograms, sharpened with `k`),
+and `dependence_to_scaling` turns that into the layer's SGS mask. See
+`../docs/method.md` section 3 (Detkov et al., ICLR 2023) for the rule; the
+authors' code decides the details the paper leaves open.
+
+All channels and all displacements are processed at once (no Python loop
+over channels), in float32 whatever the input dtype, with the histogram
+size fixed from the static number of pairs, so the computation is traced
+once per input shape (`tf.function` / `jax.jit`; eager on PyTorch).
+Channels are processed in chunks so that the extra memory stays around the
+size of the feature map itself.
+"""
+
+import functools
+import itertools
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+PADDINGS = ("same", "valid", "causal")
+# Bytes of working memory per (displacement, pixel, channel) in a chunk:
+# the neighbour value, the validity mask and three int32 bin indices.
+_BYTES_PER_PAIR = 20
+
+
+def spatial_dependence(
+    feature_map,
+    kernel_size,
+    k=5.0,
+    padding="same",
+    dilation_rate=1,
+    diagonal_removal=False,
+):
+    """Returns the spatial dependence `D` of a conv layer's input.
+
+    For each offset `o` of the kernel window other than the centre, every
+    pixel `X` of the (padded) map is paired with its neighbour `Y` at
+    displacement `dilation_rate * o`, per channel, and
+
+    ```python
+    B = 1 + ceil(log2(n))           # bins per axis, n = number of pairs
+    bin(x) = floor((x - min) * B / (max - min + 1e-12))  # max in last bin
+    NMI = (H_X + H_Y - H_XY) / H_XY  # entropies in bits of the histograms
+    D = k * NMI / ((k - 1) * NMI + 1)
+    ```
+
+    `D` is averaged over channels ignoring NaN (a constant channel gives
+    0/0), mirrored (`D[-o] = D[o]`) and set to 1 at the centre. Unlike the
+    authors' code, a dilated kernel's neighbours are `dilation_rate * o`
+    pixels away, and maps of 1-D and 3-D convolutions are supported.
+
+    With `diagonal_removal=True` (the authors' ImageNet setting, for ReLU
+    maps that are mostly zero) pairs where either value is 0 are dropped,
+    the bin count follows the number of pairs left in each channel, the
+    histogram's main diagonal is zeroed before the entropies, and, as in
+    the authors' code, a channel with no pair left or a NaN estimate counts
+    as `D = 0`.
+
+    Example:
+
+    ```python
+    images = np.random.rand(8, 32, 32, 3).astype("float32")
+    d = keras_sgs.spatial_dependence(images, (3, 3))
+    s = keras_sgs.dependence_to_scaling(d)  # the mask, mean 1
+    ```
+
+    Args:
+        feature_map: channels-last tensor `(batch, *spatial, channels)` with
+            1 to 3 spatial axes, unpadded (the layer's input).
+        kernel_size: int or tuple of ints, one per spatial axis.
+        k: float > 0. Sharpening of the normalised MI. Defaults to 5.
+        padding: `"same"`, `"valid"` or `"causal"` (1-D), as the layer pads
+            its input (with zeros). Defaults to `"same"`.
+        dilation_rate: int or tuple of ints. Defaults to 1.
+        diagonal_removal: bool. Defaults to `False`.
+
+    Returns:
+        A float32 tensor of shape `kernel_size`.
+    """
+    shape = tuple(feature_map.shape)
+    rank = len(shape) - 2
+    if not 1 <= rank <= 3 or any(s is None for s in shape):
+        raise ValueError(
+            "`feature_map` must be a channels-last tensor (batch, *spatial, "
+            "channels) with 1 to 3 spatial axes and a static shape. "
+            f"Received: feature_map with shape {shape}"
+        )
+    kernel_size = _int_tuple("kernel_size", kernel_size, rank)
+    dilation_rate = _int_tuple("dilation_rate", dilation_rate, rank)
+    if padding not in PADDINGS or (padding == "causal" and rank != 1):
+        raise ValueError(
+            f"`padding` must be one of {PADDINGS} ('causal' for 1-D maps "
+            f"only). Received: padding={padding!r}"
+        )
+    if not (isinstance(k, (int, float)) and k > 0 and math.isfinite(k)):
+        raise ValueError(f"`k` must be a positive number. Received: k={k!r}")
+    fn = _compiled(
+        kernel_size, float(k), padding, dilation_rate, bool(diagonal_removal)
+    )
+    return fn(feature_map)
+
+
+def dependence_to_scaling(dependence):
+    """Returns the SGS mask `S = D / mean(D)` of a spatial dependence `D`.
+
+    Example:
+
+    ```python
+    keras_sgs.dependence_to_scaling(np.array([[0.5, 1.0, 0.5]]))
+    # [[0.75, 1.5, 0.75]]
+    ```
+
+    Args:
+        dependence: tensor `D`, e.g. from `spatial_dependence`.
+
+    Returns:
+        A float32 tensor of the same shape with mean 1 (NaN where `D` has
+        NaN or its mean is 0).
+    """
+    dependence = ops.cast(dependence, "float32")
+    return dependence / ops.mean(dependence)
+
+
+def _int_tuple(name, value, rank):
+    values = (value,) * rank if isinstance(value, int) else tuple(value)
+    if len(values) != rank or not all(
+        isinstance(v, int) and v >= 1 for v in values
+    ):
+        raise ValueError(
+            f"`{name}` must be a positive int or a tuple of {rank} positive "
+            f"ints (one per spatial axis). Received: {name}={value!r}"
+        )
+    return values
+
+
+def _displacements(kernel_size, dilation_rate):
+    """Static plan: the window's offsets grouped by displacement +-d.
+
+    Returns a list of `(displacement, [window indices])`, one entry per
+    pair {d, -d}, with `d` the lexicographically positive one.
+    """
+    groups = {}
+    for index in itertools.product(*(range(s) for s in kernel_size)):
+        offset = tuple(
+            (i - (s - 1) // 2) * r
+            for i, s, r in zip(index, kernel_size, dilation_rate)
+        )
+        if any(offset):
+            key = max(offset, tuple(-o for o in offset))
+            groups.setdefault(key, []).append(index)
+    return sorted(groups.items())
+
+
+def _pads(kernel_size, dilation_rate, padding):
+    pads = []
+    for s, r in zip(kernel_size, dilation_rate):
+        total = (s - 1) * r if padding != "valid" else 0
+        left = total if padding == "causal" else total // 2
+        pads.append((left, total - left))
+    return pads
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(kernel_size, k, padding, dilation_rate, diagonal_removal):
+    """One compiled estimator per static configuration (and backend)."""
+    plan = _displacements(kernel_size, dilation_rate)
+
+    def estimate(feature_map):
+        x = ops.cast(feature_map, "float32")
+        pads = [(0, 0)] + _pads(kernel_size, dilation_rate, padding)
+        x = ops.pad(x, pads + [(0, 0)])
+        per_displacement = _dependence_per_displacement(
+            x, [d for d, _ in plan], k, diagonal_removal
+        )  # (displacements, channels)
+        mean = _nanmean(per_displacement, axis=1)
+        # Scatter each displacement's value to its window positions.
+        which = np.full(kernel_size, len(plan), dtype="int32")  # centre
+        for i, (_, indices) in enumerate(plan):
+            for index in indices:
+                which[index] = i
+        return ops.take(ops.concatenate([mean, ops.ones((1,))]), which)
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(estimate, jit_compile=False)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(estimate)
+    return estimate
+
+
+def _nanmean(x, axis):
+    finite = ops.logical_not(ops.isnan(x))
+    total = ops.sum(ops.where(finite, x, 0.0), axis=axis)
+    return total / ops.sum(ops.cast(finite, "float32"), axis=axis)
+
+
+def _dependence_per_displacement(x, displacements, k, diagonal_removal):
+    """`D` for every (displacement, channel) of a padded map `x`.
+
+    Each displacement `d` pairs `x[p]` with `x[p + d]` for the positions `p`
+    where both lie inside `x`. To treat all displacements at once they share
+    the index set `p` of the whole map, with a static validity mask. The
+    channels are processed in chunks (`ops.map`) to bound memory.
+    """
+    spatial = tuple(x.shape[1:-1])
+    channels = x.shape[-1]
+    batch = x.shape[0]
+    num_d = len(displacements)
+    valid = np.zeros((num_d,) + spatial, dtype=bool)
+    for i, d in enumerate(displacements):
+        valid[(i,) + tuple(slice(max(0, -o), s - max(0, o)) for o, s in zip(d, spatial))] = True
+    pairs = valid.reshape(num_d, -1).sum(axis=1) * batch  # static n per d
+    max_bins = int(1 + np.ceil(np.log2(pairs.max())))
+    pixels = batch * math.prod(spatial)
+    chunk = max(1, min(channels, (4 * channels) // (_BYTES_PER_PAIR * num_d)))
+    num_chunks = -(-channels // chunk)
+    if num_chunks * chunk != channels:  # pad with constant channels (NaN)
+        x = ops.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, num_chunks * chunk - channels)])
+    # (chunks, chunk, batch, *spatial): one slice per ops.map step.
+    x = ops.moveaxis(x, -1, 0)
+    x = ops.reshape(x, (num_chunks, chunk, batch) + spatial)
+    valid = ops.convert_to_tensor(valid[:, None, None])  # (D, 1, 1, *sp)
+    static_bins = ops.convert_to_tensor(
+        (1 + np.ceil(np.log2(pairs))).astype("float32")[:, None]
+    )
+
+    def neighbours(xc):
+        """Stack of `x[p + d]` for each displacement (zeros outside)."""
+        shifted = []
+        for d in displacements:
+            y = xc
+            for axis, o in enumerate(d):
+                if o:
+                    y = ops.roll(y, -o, axis=axis + 2)
+            shifted.append(y)
+        return ops.stack(shifted)  # (D, chunk, batch, *spatial)
+
+    def chunk_dependence(xc):
+        ys = neighbours(xc)
+        xs = ops.broadcast_to(xc[None], ys.shape)
+        keep = ops.broadcast_to(valid, ys.shape)
+        if diagonal_removal:
+            keep = ops.logical_and(
+                keep, ops.logical_and(ops.not_equal(xs, 0), ops.not_equal(ys, 0))
+            )
+        flat = (num_d, chunk, -1)
+        xs, ys, keep = ops.reshape(xs, flat), ops.reshape(ys, flat), ops.reshape(keep, flat)
+        count = ops.sum(ops.cast(keep, "float32"), axis=-1)  # (D, chunk)
+        if diagonal_removal:
+            bins = 1.0 + ops.ceil(ops.log2(ops.maximum(count, 1.0)))
+        else:
+            bins = static_bins
+        ix = _bin_index(xs, keep, bins)
+        iy = _bin_index(ys, keep, bins)
+        cell = ix * max_bins + iy
+        if diagonal_removal:
+            keep = ops.logical_and(keep, ops.not_equal(ix, iy))
+        offset = ops.reshape(
+            ops.arange(num_d * chunk, dtype="int32"), (num_d, chunk, 1)
+        ) * (max_bins * max_bins)
+        dump = num_d * chunk * max_bins * max_bins
+        ids = ops.reshape(ops.where(keep, cell + offset, dump), (-1,))
+        counts = ops.segment_sum(
+            ops.ones_like(ids, dtype="float32"), ids, num_segments=dump + 1
+        )
+        counts = ops.reshape(counts[:-1], (num_d, chunk, max_bins, max_bins))
+        h_xy = _entropy(counts, axis=(2, 3))
+        h_x = _entropy(ops.sum(counts, axis=3), axis=2)
+        h_y = _entropy(ops.sum(counts, axis=2), axis=2)
+        nmi = (h_x + h_y - h_xy) / h_xy
+        d = k * nmi / ((k - 1.0) * nmi + 1.0)
+        if diagonal_removal:  # the authors' rule: no pairs or NaN -> 0
+            d = ops.where(ops.logical_or(ops.isnan(d), count == 0), 0.0, d)
+        return d  # (D, chunk)
+
+    d = ops.map(chunk_dependence, x)  # (chunks, D, chunk)
+    d = ops.reshape(ops.moveaxis(d, 1, 0), (num_d, num_chunks * chunk))
+    return d[:, :channels]
+
+
+def _bin_index(values, keep, bins):
+    """`floor((v - min) * B / (max - min + 1e-12))`, the max in bin B - 1."""
+    low = ops.min(ops.where(keep, values, np.inf), axis=-1, keepdims=True)
+    high = ops.max(ops.where(keep, values, -np.inf), axis=-1, keepdims=True)
+    bins = bins[..., None]
+    scale = bins / (high - low + 1e-12)
+    index = ops.floor((ops.where(keep, values, low) - low) * scale)
+    index = ops.clip(index, 0.0, bins - 1.0)
+    return ops.cast(index, "int32")
+
+
+def _entropy(counts, axis):
+    """Shannon entropy in bits of the histograms `counts` along `axis`."""
+    total = ops.sum(counts, axis=axis, keepdims=True)
+    p = counts / ops.maximum(total, 1.0)
+    terms = ops.where(counts > 0, p * ops.log2(ops.where(counts > 0, p, 1.0)), 0.0)
+    return -ops.sum(terms, axis=axis)

@@ -1,0 +1,209 @@
+"""The MI estimator against a per-channel numpy implementation of
+method.md section 3 (float64, loops, the authors' conventions)."""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sgs
+
+
+def reference_nmik(x, y, k, diagonal_removal):
+    """One channel, one displacement: the sharpened NMI, in float64."""
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    if diagonal_removal:
+        keep = (x != 0) & (y != 0)
+        x, y = x[keep], y[keep]
+        if len(x) == 0:
+            return 0.0
+    bins = int(1 + np.ceil(np.log2(len(x))))
+
+    def index(v):
+        i = np.floor((v - v.min()) * bins / (v.max() + 1e-12 - v.min()))
+        return np.minimum(i, bins - 1).astype(int)
+
+    joint = np.zeros((bins, bins))
+    np.add.at(joint, (index(x), index(y)), 1)
+    if diagonal_removal:
+        joint[np.arange(bins), np.arange(bins)] = 0
+
+    def entropy(c):
+        c = c[c > 0]
+        c = c / c.sum()
+        return -np.sum(c * np.log2(c))
+
+    h_xy = entropy(joint.ravel())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nmi = (entropy(joint.sum(0)) + entropy(joint.sum(1)) - h_xy) / h_xy
+        d = k * nmi / ((k - 1) * nmi + 1)
+    if diagonal_removal and np.isnan(d):
+        return 0.0
+    return d
+
+
+def reference_dependence(
+    fmap, kernel_size, k=5.0, padding="same", dilation_rate=1,
+    diagonal_removal=False,
+):
+    fmap = np.asarray(fmap, np.float64)
+    rank = fmap.ndim - 2
+    kernel_size = tuple(kernel_size)
+    dilation = dilation_rate
+    if isinstance(dilation, int):
+        dilation = (dilation,) * rank
+    pads = [(0, 0)]
+    for s, r in zip(kernel_size, dilation):
+        total = (s - 1) * r if padding != "valid" else 0
+        left = total if padding == "causal" else total // 2
+        pads.append((left, total - left))
+    fmap = np.pad(fmap, pads + [(0, 0)])
+    spatial = fmap.shape[1:-1]
+    result = np.ones(kernel_size)
+    for index in itertools.product(*(range(s) for s in kernel_size)):
+        offset = [
+            (i - (s - 1) // 2) * r
+            for i, s, r in zip(index, kernel_size, dilation)
+        ]
+        if not any(offset):
+            continue
+        centre = (slice(None),) + tuple(
+            slice(max(0, -o), n - max(0, o)) for o, n in zip(offset, spatial)
+        )
+        neighbour = (slice(None),) + tuple(
+            slice(max(0, o), n - max(0, -o)) for o, n in zip(offset, spatial)
+        )
+        values = [
+            reference_nmik(
+                fmap[centre + (c,)].ravel(),
+                fmap[neighbour + (c,)].ravel(),
+                k,
+                diagonal_removal,
+            )
+            for c in range(fmap.shape[-1])
+        ]
+        result[index] = np.nanmean(values)
+    return result
+
+
+def estimate(fmap, kernel_size, **kwargs):
+    return keras.ops.convert_to_numpy(
+        keras_sgs.spatial_dependence(
+            keras.ops.convert_to_tensor(fmap), kernel_size, **kwargs
+        )
+    )
+
+
+def test_real_cifar10_images(cifar10_train):
+    images = cifar10_train[0][:64]
+    for kwargs in [{}, {"diagonal_removal": True}, {"k": 2.0}]:
+        expected = reference_dependence(images, (3, 3), **kwargs)
+        np.testing.assert_allclose(
+            estimate(images, (3, 3), **kwargs), expected, atol=1e-5
+        )
+
+
+def test_real_activations_of_a_trained_model(cifar10_train):
+    images, labels = cifar10_train
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    relu = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(relu)
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    model.compile(
+        "sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(images, labels, epochs=2, batch_size=32, verbose=0)
+    fmap = keras.Model(inputs, relu).predict(images[:32], verbose=0)
+    assert (fmap == 0).mean() > 0.2  # ReLU zeros
+    for kwargs in [{}, {"diagonal_removal": True}]:
+        np.testing.assert_allclose(
+            estimate(fmap, (3, 3), **kwargs),
+            reference_dependence(fmap, (3, 3), **kwargs),
+            atol=1e-5,
+        )
+
+
+@pytest.mark.parametrize(
+    "shape, kernel_size, kwargs",
+    [
+        ((4, 9, 9, 5), (3, 3), {}),
+        ((4, 9, 9, 5), (5, 5), {"padding": "valid"}),
+        ((4, 9, 9, 5), (3, 3), {"dilation_rate": 2}),
+        ((4, 9, 9, 5), (2, 3), {}),
+        ((3, 20, 4), (3,), {"padding": "causal"}),
+        ((2, 5, 6, 7, 3), (3, 3, 3), {}),
+        ((4, 9, 9, 5), (3, 3), {"diagonal_removal": True}),
+    ],
+)
+def test_random_maps(shape, kernel_size, kwargs):
+    fmap = np.random.default_rng(0).normal(size=shape).astype("float32")
+    np.testing.assert_allclose(
+        estimate(fmap, kernel_size, **kwargs),
+        reference_dependence(fmap, kernel_size, **kwargs),
+        atol=1e-5,
+    )
+
+
+def test_constant_and_zero_channels():
+    rng = np.random.default_rng(1)
+    fmap = rng.normal(size=(4, 8, 8, 4)).astype("float32")
+    fmap[..., 1] = 0.0
+    fmap[..., 2] = 3.5
+    expected = reference_dependence(fmap, (3, 3))
+    np.testing.assert_allclose(estimate(fmap, (3, 3)), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        estimate(fmap, (3, 3), diagonal_removal=True),
+        reference_dependence(fmap, (3, 3), diagonal_removal=True),
+        atol=1e-5,
+    )
+    # Only constant channels: no estimate at all.
+    d = estimate(np.zeros((2, 6, 6, 2), "float32"), (3, 3))
+    assert np.isnan(d[0, 0]) and d[1, 1] == 1.0
+
+
+def test_quantised_maps_with_ties():
+    # Values on a coarse grid: many samples sit exactly on bin edges, where
+    # float32 arithmetic may put a sample in the neighbouring bin.
+    fmap = np.random.default_rng(2).integers(0, 7, (8, 16, 16, 6)) / 6.0
+    fmap = fmap.astype("float32")
+    difference = np.abs(
+        estimate(fmap, (3, 3)) - reference_dependence(fmap, (3, 3))
+    )
+    assert difference.max() <= 1e-4, difference.max()
+
+
+def test_input_dtype_and_symmetry(cifar10_train):
+    images = cifar10_train[0][:16]
+    d32 = estimate(images, (3, 3))
+    d16 = estimate(images.astype("float16"), (3, 3))
+    assert d16.dtype == np.float32
+    np.testing.assert_allclose(d16, reference_dependence(images.astype("float16"), (3, 3)), atol=1e-5)
+    np.testing.assert_allclose(d32, d32[::-1, ::-1])
+    assert d32[1, 1] == 1.0
+
+
+def test_dependence_to_scaling():
+    d = np.array([[0.5, 1.0, 0.5]])
+    s = keras.ops.convert_to_numpy(keras_sgs.dependence_to_scaling(d))
+    np.testing.assert_allclose(s, [[0.75, 1.5, 0.75]])
+    assert s.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "shape, kwargs, match",
+    [
+        ((4, 8), {}, "channels-last"),
+        ((4, 8, 8, 3), {"kernel_size": (3,)}, "kernel_size"),
+        ((4, 8, 8, 3), {"kernel_size": (3, 0)}, "kernel_size"),
+        ((4, 8, 8, 3), {"padding": "causal"}, "padding='causal'"),
+        ((4, 8, 8, 3), {"k": 0.0}, "k=0.0"),
+        ((4, 8, 8, 3), {"dilation_rate": (1, 1, 1)}, "dilation_rate"),
+    ],
+)
+def test_bad_input(shape, kwargs, match):
+    kwargs = {"kernel_size": (3, 3), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        keras_sgs.spatial_dependence(np.zeros(shape, "float32"), **kwargs)
