@@ -1,6 +1,7 @@
 """Spatial Gradient Scaling (Detkov et al., ICLR 2023) for Keras 3."""
 
 from keras_sgs.masks import mask_from_branches
+from keras_sgs.mi_scaling_callback import MIScalingCallback
 from keras_sgs.mutual_info import dependence_to_scaling
 from keras_sgs.mutual_info import spatial_dependence
 from keras_sgs.sgs_wrapper import SGSWrapper
@@ -9,6 +10,7 @@ from keras_sgs.sgs_wrapper import SpatialGradientScaling
 __version__ = "0.1.0"
 
 __all__ = [
+    "MIScalingCallback",
     "SGSWrapper",
     "SpatialGradientScaling",
     "dependence_to_scaling",

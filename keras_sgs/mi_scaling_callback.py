@@ -1,0 +1,361 @@
+"""`MIScalingCallback`: learn each conv layer's SGS mask from data."""
+
+import time
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+from keras.src.utils import io_utils
+
+from keras_sgs.conv_kernels import spatial_kernels
+from keras_sgs.mutual_info import dependence_to_scaling
+from keras_sgs.mutual_info import spatial_dependence
+from keras_sgs.sgs_wrapper import SGSWrapper
+
+
+def find_sgs_wrapper(optimizer):
+    """Returns the `SGSWrapper` in an optimizer chain (e.g. inside the
+    `LossScaleOptimizer` Keras adds under `mixed_float16`), or `None`."""
+    while optimizer is not None:
+        if isinstance(optimizer, SGSWrapper):
+            return optimizer
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+    return None
+
+
+def scaled_conv_layers(model, wrapper):
+    """`[(layer, kernel)]` for every conv layer whose kernel `wrapper` scales,
+    in the order of `model`'s layers (nested models included)."""
+    found = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        for kernel in spatial_kernels(layer):
+            try:
+                if wrapper.get_mask(kernel) is not None:
+                    found.append((layer, kernel))
+            except ValueError:  # a frozen conv: not among the variables
+                pass
+    return found
+
+
+class MIScalingCallback(keras.callbacks.Callback):
+    """Recomputes every SGS mask from mutual information (the paper's SGS-MI).
+
+    At the start of epoch `warmup`, and then every `every` epochs, the model
+    runs in inference mode on a fixed held-out batch, the input of every conv
+    layer whose kernel the model's `SGSWrapper` scales is captured, and the
+    layer's mask becomes `dependence_to_scaling(spatial_dependence(input))`
+    (see `spatial_dependence`). Before epoch `warmup` the masks keep their
+    initial value (ones). Masks are only changed at epoch boundaries.
+
+    The capture is one compiled forward pass (`tf.function` / `jax.jit`;
+    eager on PyTorch) built at the first refresh and reused: it works for
+    Functional, Sequential, nested and subclassed models. A layer called
+    more than once in the forward pass contributes the input of its *first*
+    call. A layer whose estimate is not finite keeps its previous mask and a
+    warning is issued; training never stops because of the estimator.
+
+    Each epoch's `logs` (hence `History`) receive `sgs_refresh_seconds`
+    (0 when the epoch had no refresh) and the smallest and largest mask
+    entry over all layers, `sgs_mask_min` and `sgs_mask_max`.
+
+    Example:
+
+    ```python
+    model.compile(
+        optimizer=keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1, 0.9)),
+        loss="sparse_categorical_crossentropy",
+    )
+    model.fit(
+        train_ds,
+        epochs=30,
+        callbacks=[keras_sgs.MIScalingCallback(held_out_images, every=5)],
+    )
+    ```
+
+    Args:
+        data: held-out inputs: an array (or list of arrays for a
+            multi-input model), or a `tf.data.Dataset` / iterable of batches
+            (`x` or `(x, y, ...)`) from which the first `num_batches` are
+            taken once and kept.
+        every: int >= 1. Epochs between refreshes. Defaults to 1.
+        warmup: int >= 0. The first epoch (0-based) that refreshes.
+            Defaults to 1.
+        k: float > 0. Sharpening of the MI estimate. Defaults to 5.
+        diagonal_removal: bool. See `spatial_dependence`. Defaults to
+            `False`.
+        layers: `None` (every scaled conv layer) or a list of layer names or
+            layer objects to refresh. Defaults to `None`.
+        verbose: 0 or 1. With 1, prints a line per layer per refresh.
+            Defaults to 0.
+        num_batches: int >= 1. Batches taken from an iterable `data`.
+            Defaults to 2 (the authors' setting).
+    """
+
+    def __init__(
+        self,
+        data,
+        every=1,
+        warmup=1,
+        k=5.0,
+        diagonal_removal=False,
+        layers=None,
+        verbose=0,
+        num_batches=2,
+    ):
+        super().__init__()
+        for name, value, low in [
+            ("every", every, 1),
+            ("warmup", warmup, 0),
+            ("num_batches", num_batches, 1),
+        ]:
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(
+                    f"`{name}` must be an int >= {low}. Received: "
+                    f"{name}={value!r}"
+                )
+        if not isinstance(k, (int, float)) or not k > 0:
+            raise ValueError(f"`k` must be a positive number. Received: k={k!r}")
+        if layers is not None and (
+            isinstance(layers, (str, keras.layers.Layer)) or not layers
+        ):
+            raise ValueError(
+                "`layers` must be None or a non-empty list of layer names or "
+                f"layers. Received: layers={layers!r}"
+            )
+        self.data = _take_batches(data, num_batches)
+        self.every = every
+        self.warmup = warmup
+        self.k = float(k)
+        self.diagonal_removal = bool(diagonal_removal)
+        self.layers = layers
+        self.verbose = verbose
+        self._targets = None
+        self._capture = None
+        self._epoch_logs = {}
+
+    # -- schedule -----------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        self._wrapper_and_targets()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        seconds = 0.0
+        if epoch >= self.warmup and (epoch - self.warmup) % self.every == 0:
+            start = time.perf_counter()
+            self.refresh()
+            seconds = time.perf_counter() - start
+        self._epoch_logs = {"sgs_refresh_seconds": seconds}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        wrapper, _ = self._wrapper_and_targets()
+        masks = [
+            ops.convert_to_numpy(wrapper.get_mask(kernel))
+            for _, kernel in self._targets
+        ]
+        logs["sgs_mask_min"] = float(min(m.min() for m in masks))
+        logs["sgs_mask_max"] = float(max(m.max() for m in masks))
+        logs.update(self._epoch_logs)
+
+    # -- one refresh --------------------------------------------------------
+
+    def refresh(self):
+        """Recomputes and assigns every target layer's mask now.
+
+        Returns:
+            A dict `{layer name: new mask as a numpy array}` of the layers
+            whose mask changed.
+        """
+        wrapper, targets = self._wrapper_and_targets()
+        if self._capture is None:
+            self._capture = _compiled_capture(
+                self.model, [layer for layer, _ in targets]
+            )
+        feature_maps = self._capture(self.data)
+        updated = {}
+        for (layer, kernel), fmap in zip(targets, feature_maps):
+            mask = self._estimate(layer, fmap)
+            if not np.all(np.isfinite(mask)):
+                warnings.warn(
+                    f"MIScalingCallback: the estimate for layer "
+                    f"'{layer.name}' is not finite ({mask.tolist()}); the "
+                    "layer keeps its previous mask.",
+                    stacklevel=2,
+                )
+                continue
+            wrapper.set_mask(kernel, mask)
+            updated[layer.name] = mask
+            if self.verbose:
+                io_utils.print_msg(
+                    f"SGS mask {layer.name}: "
+                    + np.array2string(mask, precision=3, separator=", ")
+                )
+        return updated
+
+    def _wrapper_and_targets(self):
+        model = self.model  # on JAX this syncs the training state back
+        wrapper = find_sgs_wrapper(model.optimizer)
+        if wrapper is None:
+            raise ValueError(
+                "MIScalingCallback needs the model to be compiled with a "
+                "keras_sgs.SGSWrapper optimizer. Received: optimizer="
+                f"{model.optimizer!r}"
+            )
+        if not model.optimizer.built:
+            # On TensorFlow without a strategy, fit() builds the optimizer
+            # only inside the first traced step. Build the outermost one
+            # (e.g. the LossScaleOptimizer), which builds the wrapper.
+            model.optimizer.build(model.trainable_variables)
+        if self._targets is None:
+            self._targets = self._select_targets(model, wrapper)
+        return wrapper, self._targets
+
+    def _select_targets(self, model, wrapper):
+        targets = scaled_conv_layers(model, wrapper)
+        if self.layers is not None:
+            wanted = {
+                item if isinstance(item, str) else id(item)
+                for item in self.layers
+            }
+            targets = [
+                (layer, kernel)
+                for layer, kernel in targets
+                if layer.name in wanted or id(layer) in wanted
+            ]
+            found = {layer.name for layer, _ in targets} | {
+                id(layer) for layer, _ in targets
+            }
+            missing = [
+                item if isinstance(item, str) else item.name
+                for item in self.layers
+                if (item if isinstance(item, str) else id(item)) not in found
+            ]
+            if missing:
+                raise ValueError(
+                    "`layers` names layers that are not conv layers scaled "
+                    f"by the model's SGSWrapper. Received: {missing}; scaled "
+                    f"layers: {[l.name for l, _ in scaled_conv_layers(model, wrapper)]}"
+                )
+        if not targets:
+            raise ValueError(
+                "The model has no conv layer whose kernel the SGSWrapper "
+                "scales (kernels with more than one spatial position)."
+            )
+        return targets
+
+    def _estimate(self, layer, fmap):
+        if getattr(layer, "data_format", "channels_last") == "channels_first":
+            fmap = ops.moveaxis(fmap, 1, -1)
+        padding = layer.padding if layer.padding in ("same", "causal") else "valid"
+        dependence = spatial_dependence(
+            fmap,
+            layer.kernel_size,
+            k=self.k,
+            padding=padding,
+            dilation_rate=layer.dilation_rate,
+            diagonal_removal=self.diagonal_removal,
+        )
+        return ops.convert_to_numpy(dependence_to_scaling(dependence))
+
+
+def _take_batches(data, num_batches):
+    """The held-out inputs as numpy: an array, or the first batches of an
+    iterable concatenated."""
+    if isinstance(data, np.ndarray) or (
+        isinstance(data, (list, tuple))
+        and data
+        and all(isinstance(d, np.ndarray) for d in data)
+    ):
+        return data
+    if hasattr(data, "shape") and hasattr(data, "dtype"):
+        return ops.convert_to_numpy(data)
+    if not hasattr(data, "__iter__"):
+        raise TypeError(
+            "`data` must be an array or a dataset / iterable of batches. "
+            f"Received: data of type {type(data).__name__}"
+        )
+    batches = []
+    for batch in data:
+        if isinstance(batch, (tuple, list)):
+            batch = batch[0]
+        batches.append(keras.tree.map_structure(ops.convert_to_numpy, batch))
+        if len(batches) == num_batches:
+            break
+    if not batches:
+        raise ValueError("`data` is empty. Received: an iterable with no batch")
+    return keras.tree.map_structure(
+        lambda *xs: np.concatenate(xs), *batches
+    )
+
+
+def _compiled_capture(model, layers):
+    """Returns `f(x) -> [input of each layer]`, one compiled forward pass.
+
+    Each layer's `call` is wrapped, for the duration of the (traced)
+    forward pass only, by a function that records its first positional
+    input the first time it is called.
+    """
+
+    def forward(x, run_model):
+        captured = [None] * len(layers)
+        originals = []
+        for i, layer in enumerate(layers):
+            original = layer.call
+
+            def call(inputs, *args, _i=i, _original=original, **kwargs):
+                if captured[_i] is None:
+                    captured[_i] = inputs
+                return _original(inputs, *args, **kwargs)
+
+            originals.append(layer.__dict__.get("call"))
+            object.__setattr__(layer, "call", call)
+        try:
+            run_model(x)
+        finally:
+            for layer, original in zip(layers, originals):
+                if original is None:
+                    object.__delattr__(layer, "call")
+                else:
+                    object.__setattr__(layer, "call", original)
+        missing = [l.name for l, c in zip(layers, captured) if c is None]
+        if missing:
+            raise ValueError(
+                f"Layers {missing} were not called in the model's forward "
+                "pass, so their input cannot be captured."
+            )
+        return captured
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        traced = tf.function(
+            lambda x: forward(x, lambda x: model(x, training=False))
+        )
+        return lambda x: traced(x)
+    if backend == "jax":
+        import jax
+
+        def stateless(trainable, non_trainable, x):
+            # `model.__call__` (not `stateless_call`, which skips the
+            # `training` filtering for models whose call lacks it).
+            mapping = list(zip(model.trainable_variables, trainable))
+            mapping += list(zip(model.non_trainable_variables, non_trainable))
+            with keras.StatelessScope(state_mapping=mapping):
+                return forward(x, lambda x: model(x, training=False))
+
+        jitted = jax.jit(stateless)
+        return lambda x: jitted(
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            x,
+        )
+    import torch
+
+    def eager(x):
+        with torch.no_grad():
+            return forward(x, lambda x: model(x, training=False))
+
+    return eager

@@ -1,0 +1,268 @@
+"""MIScalingCallback: masks equal the estimator applied to each conv layer's
+real input, for every kind of model, on schedule, and robust to bad maps."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import tensorflow_only
+
+import keras_sgs
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def expected_mask(fmap, kernel_size=(3, 3), **kwargs):
+    return keras.ops.convert_to_numpy(
+        keras_sgs.dependence_to_scaling(
+            keras_sgs.spatial_dependence(fmap, kernel_size, **kwargs)
+        )
+    )
+
+
+def find_layer(model, name):
+    (layer,) = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if layer.name == name
+    ]
+    return layer
+
+
+def mask_of(model, layer_name):
+    wrapper = model.optimizer
+    while not isinstance(wrapper, keras_sgs.SGSWrapper):
+        wrapper = wrapper.inner_optimizer
+    kernel = find_layer(model, layer_name).kernel
+    return keras.ops.convert_to_numpy(wrapper.get_mask(kernel))[..., 0, 0]
+
+
+def functional():
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(8, 5, padding="same", dilation_rate=2, name="c2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+def compile_sgs(model, **kwargs):
+    model.compile(
+        keras_sgs.SGSWrapper(keras.optimizers.SGD(0.05, momentum=0.9), **kwargs),
+        LOSS,
+    )
+    return model
+
+
+def test_masks_equal_estimator_on_captured_inputs(cifar10_train):
+    images, labels = cifar10_train
+    model = compile_sgs(functional())
+    held_out = images[:64]
+    callback = keras_sgs.MIScalingCallback(held_out, warmup=0)
+    model.fit(images[64:128], labels[64:128], epochs=1, verbose=0,
+              callbacks=[callback])
+    # Refresh again after training and compare with each layer's input.
+    c1_input = held_out
+    c2_input = keras.Model(model.inputs, model.get_layer("c2").input).predict(
+        held_out, verbose=0
+    )
+    callback.refresh()
+    np.testing.assert_allclose(mask_of(model, "c1"), expected_mask(c1_input), atol=1e-5)
+    np.testing.assert_allclose(
+        mask_of(model, "c2"),
+        expected_mask(c2_input, (5, 5), dilation_rate=2),
+        atol=1e-5,
+    )
+    assert mask_of(model, "c1").mean() == pytest.approx(1.0, abs=1e-5)
+
+
+def _sequential():
+    return keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(8, 3, padding="same", name="c1"),
+            keras.layers.ReLU(),
+            keras.layers.Conv2D(8, 3, padding="same", name="c2"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10),
+        ]
+    )
+
+
+def _nested():
+    inner = keras.Sequential(
+        [
+            keras.Input((32, 32, 8)),
+            keras.layers.ReLU(),
+            keras.layers.Conv2D(8, 3, padding="same", name="c2"),
+        ],
+        name="inner",
+    )
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(inner(x))
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.c1 = keras.layers.Conv2D(8, 3, padding="same", name="c1")
+        self.c2 = keras.layers.Conv2D(8, 3, padding="same", name="c2")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.head = keras.layers.Dense(10)
+
+    def call(self, x):
+        # c2 is called twice: its first input is the one that counts.
+        y = self.c2(keras.ops.relu(self.c1(x)))
+        return self.head(self.pool(self.c2(y)))
+
+
+@pytest.mark.parametrize("make", [_sequential, _nested, Subclassed])
+def test_model_kinds(make, cifar10_train):
+    images, labels = cifar10_train
+    model = make()
+    model(images[:1])
+    compile_sgs(model)
+    held_out = images[:32]
+    callback = keras_sgs.MIScalingCallback(held_out, warmup=0)
+    model.fit(images[:32], labels[:32], epochs=1, verbose=0, callbacks=[callback])
+    callback.refresh()
+    c1 = find_layer(model, "c1")
+    c2_input = keras.ops.relu(c1(keras.ops.convert_to_tensor(held_out)))
+    np.testing.assert_allclose(
+        mask_of(model, "c1"), expected_mask(held_out), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        mask_of(model, "c2"), expected_mask(c2_input), atol=1e-5
+    )
+
+
+def test_schedule_logs_and_dataset_input(cifar10_train):
+    images, labels = cifar10_train
+    model = compile_sgs(functional())
+    batches = [(images[i : i + 16], labels[i : i + 16]) for i in range(0, 64, 16)]
+    callback = keras_sgs.MIScalingCallback(
+        iter(batches), warmup=1, every=2, num_batches=2
+    )
+    assert callback.data.shape == (32, 32, 32, 3)
+    history = model.fit(images[:32], labels[:32], epochs=5, verbose=0,
+                        callbacks=[callback])
+    refreshed = [s > 0 for s in history.history["sgs_refresh_seconds"]]
+    assert refreshed == [False, True, False, True, False]
+    assert history.history["sgs_mask_max"][0] == 1.0  # warm-up: ones
+    assert history.history["sgs_mask_max"][1] > 1.0
+
+
+def test_non_finite_estimate_keeps_previous_mask(cifar10_train):
+    images, labels = cifar10_train
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    dead = keras.layers.Conv2D(8, 1, kernel_initializer="zeros",
+                               trainable=False)(x)  # constant zeros
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c2")(dead)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([x, dead]))
+    model = compile_sgs(keras.Model(inputs, keras.layers.Dense(10)(x)))
+    model.optimizer.build(model.trainable_variables)
+    previous = np.full((3, 3), 0.5)
+    model.optimizer.set_mask(find_layer(model, "c2").kernel, previous)
+    callback = keras_sgs.MIScalingCallback(images[:32], warmup=0)
+    with pytest.warns(UserWarning, match="'c2'.*keeps its previous mask"):
+        model.fit(images[:32], labels[:32], epochs=1, verbose=0,
+                  callbacks=[callback])
+    np.testing.assert_array_equal(mask_of(model, "c2"), previous)
+    assert np.all(np.isfinite(mask_of(model, "c1")))
+    assert not np.allclose(mask_of(model, "c1"), 1.0)
+
+
+def test_mixed_float16_and_layers_argument(cifar10_train):
+    images, labels = cifar10_train
+    keras.config.set_dtype_policy("mixed_float16")
+    model = compile_sgs(functional())
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    callback = keras_sgs.MIScalingCallback(images[:32], warmup=0, layers=["c1"])
+    model.fit(images[:32], labels[:32], epochs=1, verbose=0, callbacks=[callback])
+    np.testing.assert_allclose(
+        mask_of(model, "c1"), expected_mask(images[:32].astype("float16")),
+        atol=1e-5,
+    )
+    np.testing.assert_array_equal(mask_of(model, "c2"), 1.0)
+
+
+@tensorflow_only
+def test_mirrored_strategy_replicas_train_with_new_masks(cifar10_train):
+    import tensorflow as tf
+
+    images, labels = cifar10_train
+    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    with strategy.scope():
+        model = compile_sgs(functional())
+    callback = keras_sgs.MIScalingCallback(images[:32], warmup=0)
+    model.fit(images[:32], labels[:32], batch_size=16, epochs=1, verbose=0,
+              callbacks=[callback])
+    mask = model.optimizer.get_mask(model.get_layer("c1").kernel)
+    replicas = [r.numpy()[..., 0, 0] for r in mask.value.values]
+    assert len(replicas) == 2
+    np.testing.assert_array_equal(replicas[0], replicas[1])
+    np.testing.assert_allclose(replicas[0], expected_mask(images[:32]), atol=1e-5)
+
+
+def test_backup_and_restore_resumes_masks_and_schedule(cifar10_train, tmp_path):
+    images, labels = cifar10_train
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("interrupted")
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path))
+    model = compile_sgs(functional())
+    callback = keras_sgs.MIScalingCallback(images[:32], warmup=1, every=2)
+    with pytest.raises(RuntimeError):
+        model.fit(images[:32], labels[:32], epochs=4, verbose=0,
+                  callbacks=[backup, callback, Interrupt()])
+    saved = mask_of(model, "c1")
+    assert not np.allclose(saved, 1.0)  # refreshed at epoch 1
+
+    class Check(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                self.seen = mask_of(self.model, "c1")
+
+    model = compile_sgs(functional())
+    check = Check()
+    callback = keras_sgs.MIScalingCallback(images[:32], warmup=1, every=2)
+    history = model.fit(images[:32], labels[:32], epochs=4, verbose=0,
+                        callbacks=[backup, callback, check])
+    np.testing.assert_array_equal(check.seen, saved)  # epoch 2: no refresh
+    refreshed = [s > 0 for s in history.history["sgs_refresh_seconds"]]
+    assert refreshed == [False, True]  # epochs 2 and 3: 3 = 1 + 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"every": 0}, ValueError, "every=0"),
+        ({"warmup": -1}, ValueError, "warmup=-1"),
+        ({"k": 0}, ValueError, "k=0"),
+        ({"layers": "c1"}, ValueError, "layers='c1'"),
+        ({"data": 3}, TypeError, "int"),
+        ({"data": iter([])}, ValueError, "empty"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    kwargs = {"data": np.zeros((2, 32, 32, 3), "float32"), **kwargs}
+    with pytest.raises(error, match=match):
+        keras_sgs.MIScalingCallback(**kwargs)
+
+
+def test_misuse_in_fit(cifar10_train):
+    images, labels = cifar10_train
+    model = functional()
+    model.compile(keras.optimizers.SGD(), LOSS)
+    with pytest.raises(ValueError, match="SGSWrapper"):
+        model.fit(images[:16], labels[:16], verbose=0,
+                  callbacks=[keras_sgs.MIScalingCallback(images[:16])])
+    model = compile_sgs(functional())
+    with pytest.raises(ValueError, match=r"\['nope'\]"):
+        model.fit(images[:16], labels[:16], verbose=0,
+                  callbacks=[keras_sgs.MIScalingCallback(images[:16], layers=["nope"])])
