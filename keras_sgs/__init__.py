@@ -4,6 +4,7 @@ from keras_sgs.masks import mask_from_branches
 from keras_sgs.mi_scaling_callback import MIScalingCallback
 from keras_sgs.mutual_info import dependence_to_scaling
 from keras_sgs.mutual_info import spatial_dependence
+from keras_sgs.plotting import plot_masks
 from keras_sgs.sgs_wrapper import SGSWrapper
 from keras_sgs.sgs_wrapper import SpatialGradientScaling
 
@@ -15,5 +16,6 @@ __all__ = [
     "SpatialGradientScaling",
     "dependence_to_scaling",
     "mask_from_branches",
+    "plot_masks",
     "spatial_dependence",
 ]

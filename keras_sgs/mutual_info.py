@@ -101,7 +101,13 @@ def spatial_dependence(
     if not (isinstance(k, (int, float)) and k > 0 and math.isfinite(k)):
         raise ValueError(f"`k` must be a positive number. Received: k={k!r}")
     fn = _compiled(
-        kernel_size, float(k), padding, dilation_rate, bool(diagonal_removal)
+        shape,
+        str(feature_map.dtype),
+        kernel_size,
+        float(k),
+        padding,
+        dilation_rate,
+        bool(diagonal_removal),
     )
     return fn(feature_map)
 
@@ -166,9 +172,10 @@ def _pads(kernel_size, dilation_rate, padding):
     return pads
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled(kernel_size, k, padding, dilation_rate, diagonal_removal):
-    """One compiled estimator per static configuration (and backend)."""
+@functools.lru_cache(maxsize=256)
+def _compiled(shape, dtype, kernel_size, k, padding, dilation_rate, diagonal_removal):
+    """One compiled estimator per input shape and static configuration,
+    so that each traces exactly once."""
     plan = _displacements(kernel_size, dilation_rate)
 
     def estimate(feature_map):

@@ -33,6 +33,13 @@ tensorflow_only = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="session")
+def mirrored_strategy():
+    """One MirroredStrategy over the two logical CPUs for the whole session:
+    two strategies in one process can reuse collective keys and fail."""
+    return tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+
+
+@pytest.fixture(scope="session")
 def cifar10_train():
     """256 real CIFAR-10 training images (float32 in [0, 1]) and labels."""
     from keras_sgs.tfrecords import read_image_records

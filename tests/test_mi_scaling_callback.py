@@ -189,11 +189,13 @@ def test_mixed_float16_and_layers_argument(cifar10_train):
 
 
 @tensorflow_only
-def test_mirrored_strategy_replicas_train_with_new_masks(cifar10_train):
+def test_mirrored_strategy_replicas_train_with_new_masks(
+    cifar10_train, mirrored_strategy
+):
     import tensorflow as tf
 
     images, labels = cifar10_train
-    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    strategy = mirrored_strategy
     with strategy.scope():
         model = compile_sgs(functional())
     callback = keras_sgs.MIScalingCallback(images[:32], warmup=0)

@@ -214,11 +214,13 @@ def test_mixed_float16_learning_rate_callback(cifar10_train):
 
 @tensorflow_only
 @pytest.mark.parametrize("mode", ["gradient", "update"])
-def test_mirrored_strategy_matches_one_device(cifar10_train, mode):
+def test_mirrored_strategy_matches_one_device(
+    cifar10_train, mode, mirrored_strategy
+):
     import tensorflow as tf
 
     images, labels = cifar10_train
-    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    strategy = mirrored_strategy
     results = []
     for scope, devices in [
         (strategy.scope(), ["CPU:0", "CPU:1"]),

@@ -1,0 +1,32 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_sgs
+
+
+def test_plot_masks_of_a_model(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="c1")(inputs)
+    x = keras.layers.Conv2D(4, 5, name="c2")(x)
+    model = keras.Model(inputs, x)
+    model.compile(keras_sgs.SGSWrapper(keras.optimizers.SGD()), "mse")
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.set_mask(model.get_layer("c2").kernel, np.full((5, 5), 2.0))
+    masks = keras_sgs.plotting.model_masks(model)
+    assert list(masks) == ["c1", "c2"]
+    np.testing.assert_array_equal(masks["c2"], 2.0)
+    path = keras_sgs.plot_masks(model, str(tmp_path / "masks.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_masks_of_a_dict_and_errors(tmp_path):
+    path = str(tmp_path / "m.png")
+    keras_sgs.plot_masks({"1d": np.ones(3), "3d": np.ones((3, 3, 3))}, path)
+    with pytest.raises(ValueError, match="empty"):
+        keras_sgs.plot_masks({}, path)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    with pytest.raises(ValueError, match="SGSWrapper"):
+        keras_sgs.plot_masks(model, path)
