@@ -192,8 +192,6 @@ def test_mixed_float16_and_layers_argument(cifar10_train):
 def test_mirrored_strategy_replicas_train_with_new_masks(
     cifar10_train, mirrored_strategy
 ):
-    import tensorflow as tf
-
     images, labels = cifar10_train
     strategy = mirrored_strategy
     with strategy.scope():
