@@ -68,6 +68,18 @@ def values(variables):
     return [keras.ops.convert_to_numpy(v).copy() for v in variables]
 
 
+def trajectory(optimizer, variables, start, steps):
+    """Resets `variables` to `start`, applies each step's gradients and
+    returns the variables' values after every step."""
+    for v, x in zip(variables, start):
+        v.assign(x)
+    after = []
+    for grads in steps:
+        optimizer.apply(grads, variables)
+        after.append(values(variables))
+    return after
+
+
 def test_selects_exactly_the_conv_kernels():
     model = mixed_model()
     optimizer = keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1))
@@ -84,20 +96,16 @@ def test_selects_exactly_the_conv_kernels():
 def test_all_ones_masks_give_the_inner_trajectory():
     rng = np.random.default_rng(0)
     model = mixed_model()
-    start = values(model.trainable_variables)
-    steps = [random_grads(model.trainable_variables, rng) for _ in range(4)]
-
-    def train(optimizer):
-        for v, x in zip(model.trainable_variables, start):
-            v.assign(x)
-        for grads in steps:
-            optimizer.apply(grads, model.trainable_variables)
-        return values(model.trainable_variables)
-
+    variables = model.trainable_variables
+    start = values(variables)
+    steps = [random_grads(variables, rng) for _ in range(4)]
     kwargs = dict(learning_rate=0.1, momentum=0.9, weight_decay=1e-2)
-    plain = train(keras.optimizers.SGD(**kwargs))
-    wrapped = train(keras_sgs.SGSWrapper(keras.optimizers.SGD(**kwargs)))
-    for a, b in zip(plain, wrapped):
+    plain = trajectory(keras.optimizers.SGD(**kwargs), variables, start, steps)
+    wrapped = trajectory(
+        keras_sgs.SGSWrapper(keras.optimizers.SGD(**kwargs)),
+        variables, start, steps,
+    )
+    for a, b in zip(plain[-1], wrapped[-1]):
         np.testing.assert_array_equal(a, b)
 
 
@@ -209,26 +217,21 @@ def test_update_mode_scales_adam_steps():
     start = values(variables)
     steps = [random_grads(variables, rng) for _ in range(3)]
 
-    def run(optimizer, record_steps=False):
-        for v, x in zip(variables, start):
-            v.assign(x)
-        deltas = []
-        for grads in steps:
-            before = values(variables)
-            optimizer.apply(grads, variables)
-            deltas.append([a - b for a, b in zip(values(variables), before)])
-        return deltas
-
     # Adam's step only depends on the gradients, so plain Adam gives the
     # unmasked steps u_t; with decoupled decay the reference is
     # v <- v - lr*wd*v + S*u_t.
-    plain_steps = run(keras.optimizers.Adam(0.01))
+    plain = [start] + trajectory(
+        keras.optimizers.Adam(0.01), variables, start, steps
+    )
+    plain_steps = [
+        [a - b for a, b in zip(after, before)]
+        for before, after in zip(plain, plain[1:])
+    ]
     optimizer = keras_sgs.SGSWrapper(
         keras.optimizers.AdamW(0.01, weight_decay=0.1), mode="update",
         masks=ACB,
     )
-    optimizer.build(variables)
-    run(optimizer)
+    trajectory(optimizer, variables, start, steps)
     expected = [x.astype(np.float64) for x in start]
     for deltas in plain_steps:
         for i, (v, d) in enumerate(zip(variables, deltas)):
@@ -248,16 +251,17 @@ def test_update_mode_equals_gradient_mode_for_plain_sgd():
     variables = model.trainable_variables
     start = values(variables)
     steps = [random_grads(variables, rng) for _ in range(3)]
-    results = []
-    for mode in ("gradient", "update"):
-        for v, x in zip(variables, start):
-            v.assign(x)
-        optimizer = keras_sgs.SGSWrapper(
-            keras.optimizers.SGD(0.1, weight_decay=0.05), mode=mode, masks=ACB
-        )
-        for grads in steps:
-            optimizer.apply(grads, variables)
-        results.append(values(variables))
+    results = [
+        trajectory(
+            keras_sgs.SGSWrapper(
+                keras.optimizers.SGD(0.1, weight_decay=0.05),
+                mode=mode,
+                masks=ACB,
+            ),
+            variables, start, steps,
+        )[-1]
+        for mode in ("gradient", "update")
+    ]
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
