@@ -213,35 +213,33 @@ class MIScalingCallback(keras.callbacks.Callback):
         return wrapper, self._targets
 
     def _select_targets(self, model, wrapper):
-        targets = scaled_conv_layers(model, wrapper)
-        if self.layers is not None:
-            wanted = {
-                item if isinstance(item, str) else id(item)
-                for item in self.layers
-            }
-            targets = [
-                (layer, kernel)
-                for layer, kernel in targets
-                if layer.name in wanted or id(layer) in wanted
-            ]
-            found = {layer.name for layer, _ in targets} | {
-                id(layer) for layer, _ in targets
-            }
-            missing = [
-                item if isinstance(item, str) else item.name
-                for item in self.layers
-                if (item if isinstance(item, str) else id(item)) not in found
-            ]
-            if missing:
-                raise ValueError(
-                    "`layers` names layers that are not conv layers scaled "
-                    f"by the model's SGSWrapper. Received: {missing}; scaled "
-                    f"layers: {[l.name for l, _ in scaled_conv_layers(model, wrapper)]}"
-                )
-        if not targets:
+        scaled = scaled_conv_layers(model, wrapper)
+        if not scaled:
             raise ValueError(
                 "The model has no conv layer whose kernel the SGSWrapper "
                 "scales (kernels with more than one spatial position)."
+            )
+        if self.layers is None:
+            return scaled
+        # A layer is named by its name or given as the object itself.
+        wanted = {_layer_key(item) for item in self.layers}
+        targets = [
+            (layer, kernel)
+            for layer, kernel in scaled
+            if layer.name in wanted or id(layer) in wanted
+        ]
+        found = {layer.name for layer, _ in targets}
+        found |= {id(layer) for layer, _ in targets}
+        missing = [
+            getattr(item, "name", item)
+            for item in self.layers
+            if _layer_key(item) not in found
+        ]
+        if missing:
+            raise ValueError(
+                "`layers` names layers that are not conv layers scaled by "
+                f"the model's SGSWrapper. Received: {missing}; scaled "
+                f"layers: {[layer.name for layer, _ in scaled]}"
             )
         return targets
 
@@ -258,6 +256,10 @@ class MIScalingCallback(keras.callbacks.Callback):
             diagonal_removal=self.diagonal_removal,
         )
         return ops.convert_to_numpy(dependence_to_scaling(dependence))
+
+
+def _layer_key(item):
+    return item if isinstance(item, str) else id(item)
 
 
 def _take_batches(data, num_batches):
