@@ -19,7 +19,6 @@ process's maximum resident set during each phase (keras_sgs runs first).
     KERAS_BACKEND=tensorflow python benchmarks/mi_refresh.py
 """
 
-import os
 import resource
 import statistics
 import time
@@ -31,7 +30,9 @@ import keras
 import numpy as np
 
 import keras_sgs
-from keras_sgs.tfrecords import read_image_records
+from common import cifar10_images
+from common import device_description
+from common import write_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -166,10 +167,9 @@ def measure(model, images):
 
 
 def main(_):
-    images, _ = read_image_records(FLAGS.data, FLAGS.images)
-    images = images.astype("float32") / 255.0
+    images, _ = cifar10_images(FLAGS.data, FLAGS.images)
     lines = [
-        f"Backend: {keras.backend.backend()}, CPU ({os.cpu_count()} cores); "
+        f"Backend and device: {device_description()}; "
         f"{FLAGS.images} CIFAR-10 images; one refresh = forward pass + "
         "estimator for every scaled conv layer.",
         "",
@@ -189,14 +189,7 @@ def main(_):
         )
         if r["error"] > 1e-5:
             lines.append(f"\n**{make.__name__}: masks differ by {r['error']}**")
-    table = "\n".join(lines)
-    print(table)
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            f.write(
-                "Command: `KERAS_BACKEND=" + keras.backend.backend()
-                + " python benchmarks/mi_refresh.py`\n\n" + table + "\n"
-            )
+    write_table(FLAGS.output, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ import keras
 import numpy as np
 
 import keras_sgs
-from keras_sgs.tfrecords import read_image_records
+from common import cifar10_images
+from common import device_description
+from common import write_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -96,8 +98,7 @@ def variants(widths):
 
 def main(_):
     if os.path.exists(FLAGS.data):
-        images, labels = read_image_records(FLAGS.data, FLAGS.batch_size)
-        images = images.astype("float32") / 255.0
+        images, labels = cifar10_images(FLAGS.data, FLAGS.batch_size)
     else:
         rng = np.random.default_rng(0)
         images = rng.random((FLAGS.batch_size, 32, 32, 3), dtype="float32")
@@ -116,9 +117,8 @@ def main(_):
             float(loss)
             seconds[name].append((time.perf_counter() - start) / FLAGS.steps)
     base = statistics.median(seconds["SGD"])
-    device = keras.backend.backend() + ", " + _device_name()
     lines = [
-        f"Backend and device: {device}. VGG-style CIFAR net, widths {widths}, "
+        f"Backend and device: {device_description()}. VGG-style CIFAR net, widths {widths}, "
         f"batch {FLAGS.batch_size}, {FLAGS.rounds} interleaved rounds of "
         f"{FLAGS.steps} steps; median seconds per step.",
         "",
@@ -131,23 +131,7 @@ def main(_):
             f"| {name} | {median:.4f} | {min(values):.4f} | "
             f"{max(values):.4f} | {median / base:.3f}x |"
         )
-    table = "\n".join(lines)
-    print(table)
-    if FLAGS.output:
-        os.makedirs(os.path.dirname(FLAGS.output), exist_ok=True)
-        with open(FLAGS.output, "w") as f:
-            f.write(
-                "Command: `KERAS_BACKEND=" + keras.backend.backend()
-                + " python benchmarks/step_overhead.py`\n\n" + table + "\n"
-            )
-
-
-def _device_name():
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return str(jax.devices()[0].device_kind)
-    return f"CPU ({os.cpu_count()} cores)"
+    write_table(FLAGS.output, "\n".join(lines))
 
 
 if __name__ == "__main__":
