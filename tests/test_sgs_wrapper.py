@@ -68,6 +68,14 @@ def values(variables):
     return [keras.ops.convert_to_numpy(v).copy() for v in variables]
 
 
+def random_problem(seed, num_steps):
+    """A mixed model's variables, their start values and random gradients."""
+    rng = np.random.default_rng(seed)
+    variables = mixed_model().trainable_variables
+    steps = [random_grads(variables, rng) for _ in range(num_steps)]
+    return variables, values(variables), steps
+
+
 def trajectory(optimizer, variables, start, steps):
     """Resets `variables` to `start`, applies each step's gradients and
     returns the variables' values after every step."""
@@ -94,11 +102,7 @@ def test_selects_exactly_the_conv_kernels():
 
 
 def test_all_ones_masks_give_the_inner_trajectory():
-    rng = np.random.default_rng(0)
-    model = mixed_model()
-    variables = model.trainable_variables
-    start = values(variables)
-    steps = [random_grads(variables, rng) for _ in range(4)]
+    variables, start, steps = random_problem(0, 4)
     kwargs = dict(learning_rate=0.1, momentum=0.9, weight_decay=1e-2)
     plain = trajectory(keras.optimizers.SGD(**kwargs), variables, start, steps)
     wrapped = trajectory(
@@ -211,11 +215,7 @@ def test_apply_without_variables_after_build():
 
 
 def test_update_mode_scales_adam_steps():
-    rng = np.random.default_rng(4)
-    model = mixed_model()
-    variables = model.trainable_variables
-    start = values(variables)
-    steps = [random_grads(variables, rng) for _ in range(3)]
+    variables, start, steps = random_problem(4, 3)
 
     # Adam's step only depends on the gradients, so plain Adam gives the
     # unmasked steps u_t; with decoupled decay the reference is
@@ -246,11 +246,7 @@ def test_update_mode_scales_adam_steps():
 
 
 def test_update_mode_equals_gradient_mode_for_plain_sgd():
-    rng = np.random.default_rng(5)
-    model = mixed_model()
-    variables = model.trainable_variables
-    start = values(variables)
-    steps = [random_grads(variables, rng) for _ in range(3)]
+    variables, start, steps = random_problem(5, 3)
     results = [
         trajectory(
             keras_sgs.SGSWrapper(
