@@ -69,11 +69,14 @@ def values(variables):
 
 
 def random_problem(seed, num_steps):
-    """A mixed model's variables, their start values and random gradients."""
+    """A mixed model, its variables, their start values and random
+    gradients. Keep the model: SGSWrapper finds conv kernels through their
+    live layers."""
     rng = np.random.default_rng(seed)
-    variables = mixed_model().trainable_variables
+    model = mixed_model()
+    variables = model.trainable_variables
     steps = [random_grads(variables, rng) for _ in range(num_steps)]
-    return variables, values(variables), steps
+    return model, variables, values(variables), steps
 
 
 def trajectory(optimizer, variables, start, steps):
@@ -102,7 +105,7 @@ def test_selects_exactly_the_conv_kernels():
 
 
 def test_all_ones_masks_give_the_inner_trajectory():
-    variables, start, steps = random_problem(0, 4)
+    _, variables, start, steps = random_problem(0, 4)
     kwargs = dict(learning_rate=0.1, momentum=0.9, weight_decay=1e-2)
     plain = trajectory(keras.optimizers.SGD(**kwargs), variables, start, steps)
     wrapped = trajectory(
@@ -215,7 +218,7 @@ def test_apply_without_variables_after_build():
 
 
 def test_update_mode_scales_adam_steps():
-    variables, start, steps = random_problem(4, 3)
+    _, variables, start, steps = random_problem(4, 3)
 
     # Adam's step only depends on the gradients, so plain Adam gives the
     # unmasked steps u_t; with decoupled decay the reference is
@@ -246,7 +249,7 @@ def test_update_mode_scales_adam_steps():
 
 
 def test_update_mode_equals_gradient_mode_for_plain_sgd():
-    variables, start, steps = random_problem(5, 3)
+    _, variables, start, steps = random_problem(5, 3)
     results = [
         trajectory(
             keras_sgs.SGSWrapper(
