@@ -164,6 +164,21 @@ def test_constant_and_zero_channels():
     assert np.isnan(d[0, 0]) and d[1, 1] == 1.0
 
 
+def test_nearly_dead_relu_channels(cifar10_train):
+    # A channel with a handful of non-zero values among ~300k pairs: one
+    # histogram cell holds almost every sample, the entropies are ~1e-4
+    # bits, and float32 `p * log2(p)` alone would be off by 3e-3 in `D`.
+    images = cifar10_train[0][:, :, :, :2].copy()
+    flat = images.reshape(-1, 2)
+    for channel, alive in [(0, 3), (1, 40)]:
+        dead = np.random.default_rng(channel).permutation(len(flat))[alive:]
+        flat[dead, channel] = 0.0
+    np.testing.assert_allclose(
+        estimate(images, (3, 3)), reference_dependence(images, (3, 3)),
+        atol=1e-5,
+    )
+
+
 def test_quantised_maps_with_ties():
     # Values on a coarse grid: many samples sit exactly on bin edges, where
     # float32 arithmetic may put a sample in the neighbouring bin.
