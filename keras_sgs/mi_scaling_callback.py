@@ -174,9 +174,13 @@ class MIScalingCallback(keras.callbacks.Callback):
                 self.model, [layer for layer, _ in targets]
             )
         feature_maps = self._capture(self.data)
+        estimates = [
+            self._estimate(layer, fmap)
+            for (layer, _), fmap in zip(targets, feature_maps)
+        ]
+        estimates = _mean_over_workers(self.model, estimates)
         updated = {}
-        for (layer, kernel), fmap in zip(targets, feature_maps):
-            mask = self._estimate(layer, fmap)
+        for (layer, kernel), mask in zip(targets, estimates):
             if not np.all(np.isfinite(mask)):
                 warnings.warn(
                     f"MIScalingCallback: the estimate for layer "
@@ -290,6 +294,44 @@ def _take_batches(data, num_batches):
     return keras.tree.map_structure(
         lambda *xs: np.concatenate(xs), *batches
     )
+
+
+def _mean_over_workers(model, masks):
+    """The mean of each mask over the workers of a multi-worker TensorFlow
+    strategy (e.g. `MultiWorkerMirroredStrategy`); `masks` otherwise.
+
+    Each worker runs the callback on its own copy of the model, and state
+    that `tf.distribute` does not synchronise (the `BatchNormalization`
+    moving statistics, which each worker updates from its own shard) makes
+    the estimates differ slightly from worker to worker. Unequal masks would
+    scale the workers' steps differently (with `mode="update"` their models
+    drift apart), so every worker assigns the mean.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return masks
+    import tensorflow as tf
+
+    strategy = model.distribute_strategy
+    replicas = strategy.num_replicas_in_sync
+    # One worker (the default strategy has no `worker_devices`): the
+    # callback reads and sets every replica itself.
+    if replicas == 1 or replicas == len(strategy.extended.worker_devices):
+        return masks
+
+    def all_reduce(values):
+        # `tf.identity` places the values on the replica's device, which
+        # `all_reduce` needs inside a `tf.function`.
+        return tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.MEAN, [tf.identity(v) for v in values]
+        )
+
+    means = tf.function(lambda values: strategy.run(all_reduce, (values,)))(
+        [tf.constant(m) for m in masks]
+    )
+    return [
+        ops.convert_to_numpy(strategy.experimental_local_results(m)[0])
+        for m in means
+    ]
 
 
 def _compiled_capture(model, layers):
