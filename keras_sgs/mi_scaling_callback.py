@@ -375,10 +375,14 @@ def _compiled_capture(model, layers):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        traced = tf.function(
-            lambda x: forward(x, lambda x: model(x, training=False))
-        )
-        return lambda x: traced(x)
+        def run_model(x):
+            return model(x, training=False)
+
+        @tf.function
+        def traced(x):
+            return forward(x, run_model)
+
+        return traced
     if backend == "jax":
         import jax
 
