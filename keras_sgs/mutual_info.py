@@ -180,11 +180,12 @@ def _compiled(shape, dtype, kernel_size, k, padding, dilation_rate, diagonal_rem
     plan = _displacements(kernel_size, dilation_rate)
 
     def estimate(feature_map):
-        x = ops.cast(feature_map, "float32")
-        pads = [(0, 0)] + _pads(kernel_size, dilation_rate, padding)
-        x = ops.pad(x, pads + [(0, 0)])
         per_displacement = _dependence_per_displacement(
-            x, [d for d, _ in plan], k, diagonal_removal
+            feature_map,
+            [d for d, _ in plan],
+            _pads(kernel_size, dilation_rate, padding),
+            k,
+            diagonal_removal,
         )  # (displacements, channels)
         mean = _nanmean(per_displacement, axis=1)
         # Scatter each displacement's value to its window positions.
@@ -212,17 +213,18 @@ def _nanmean(x, axis):
     return total / ops.sum(ops.cast(finite, "float32"), axis=axis)
 
 
-def _dependence_per_displacement(x, displacements, k, diagonal_removal):
-    """`D` for every (displacement, channel) of a padded map `x`.
+def _dependence_per_displacement(feature_map, displacements, pads, k, diagonal_removal):
+    """`D` for every (displacement, channel) of a map, zero-padded by `pads`.
 
     Each displacement `d` pairs `x[p]` with `x[p + d]` for the positions `p`
-    where both lie inside `x`. To treat all displacements at once they share
-    the index set `p` of the whole map, with a static validity mask. The
-    channels are processed in chunks (`ops.map`) to bound memory.
+    where both lie inside the padded map `x`. To treat all displacements at
+    once they share the index set `p` of the whole map, with a static
+    validity mask. The channels are processed in chunks (`ops.map`), each
+    sliced, cast to float32 and padded by itself, so that the extra memory
+    stays bounded by the chunk's working set.
     """
-    spatial = tuple(x.shape[1:-1])
-    channels = x.shape[-1]
-    batch = x.shape[0]
+    batch, channels = feature_map.shape[0], feature_map.shape[-1]
+    spatial = tuple(s + sum(p) for s, p in zip(feature_map.shape[1:-1], pads))
     num_d = len(displacements)
     windows = [_pair_slices(d, spatial) for d in displacements]
     valid = np.zeros((num_d,) + spatial, dtype=bool)
@@ -231,17 +233,23 @@ def _dependence_per_displacement(x, displacements, k, diagonal_removal):
     pairs = valid.reshape(num_d, -1).sum(axis=1) * batch  # static n per d
     max_bins = int(1 + np.ceil(np.log2(pairs.max())))
     chunk = max(1, min(channels, (4 * channels) // (_BYTES_PER_PAIR * num_d)))
-    num_chunks = -(-channels // chunk)
-    if num_chunks * chunk != channels:  # pad with constant channels (NaN)
-        x = ops.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, num_chunks * chunk - channels)])
-    # (chunks, chunk, batch, *spatial): one slice per ops.map step.
-    x = ops.moveaxis(x, -1, 0)
-    x = ops.reshape(x, (num_chunks, chunk, batch) + spatial)
+    # The last chunk may overlap the one before it (starts stay in range).
+    starts = np.minimum(np.arange(0, channels, chunk), channels - chunk)
     valid = ops.convert_to_tensor(valid[:, None, None])  # (D, 1, 1, *sp)
     static_bins = ops.convert_to_tensor(
         (1 + np.ceil(np.log2(pairs))).astype("float32")[:, None]
     )
     dump = num_d * chunk * max_bins * max_bins  # the cell of dropped pairs
+
+    def channel_chunk(start):
+        """Channels `start : start + chunk`, `(chunk, batch, *spatial)`."""
+        xc = ops.slice(
+            feature_map,
+            [0] * (feature_map.ndim - 1) + [start],
+            feature_map.shape[:-1] + (chunk,),
+        )
+        xc = ops.moveaxis(ops.cast(xc, "float32"), -1, 0)
+        return ops.pad(xc, [(0, 0), (0, 0)] + list(pads))
 
     def neighbours(xc):
         """Stack of `x[p + d]` for each displacement (zeros outside)."""
@@ -319,15 +327,17 @@ def _dependence_per_displacement(x, displacements, k, diagonal_removal):
 
     cells, dependence = _fused(cells), _fused(dependence)
 
-    def chunk_dependence(xc):
-        ids, count = cells(xc)
+    def chunk_dependence(start):
+        ids, count = cells(channel_chunk(start))
         counts = _count(ids, dump + 1)[:-1]
         counts = ops.reshape(counts, (num_d, chunk, max_bins, max_bins))
         return dependence(counts, count)
 
-    d = ops.map(chunk_dependence, x)  # (chunks, D, chunk)
-    d = ops.reshape(ops.moveaxis(d, 1, 0), (num_d, num_chunks * chunk))
-    return d[:, :channels]
+    d = ops.map(chunk_dependence, ops.convert_to_tensor(starts, "int32"))
+    d = ops.reshape(ops.moveaxis(d, 1, 0), (num_d, -1))  # (D, chunks * chunk)
+    # Each channel from the first chunk that holds it.
+    first = np.searchsorted(starts, np.arange(channels), side="right") - 1
+    return ops.take(d, first * chunk + np.arange(channels) - starts[first], axis=1)
 
 
 def _pair_slices(displacement, spatial):
