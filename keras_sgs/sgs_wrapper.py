@@ -249,6 +249,15 @@ class SGSWrapper(keras.optimizers.Optimizer):
                         name=f"{variable.path.replace('/', '_')}_sgs_mask",
                     )
                 )
+        if var_list and not owners:
+            warnings.warn(
+                f"SGSWrapper found no conv kernel to scale among the "
+                f"{len(var_list)} variables it optimizes, so it acts exactly "
+                "as its inner optimizer. Kernels are found through the live "
+                "conv layers that own them, with more than one spatial "
+                "position (1x1 kernels are never scaled).",
+                stacklevel=2,
+            )
         if unused:
             raise ValueError(
                 "Some `masks` of this SGSWrapper match no scaled conv "

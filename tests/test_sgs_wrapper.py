@@ -276,6 +276,15 @@ def test_gradient_mode_warns_for_adaptive_optimizers():
         keras_sgs.SGSWrapper(keras.optimizers.Adam(), mode="update")
 
 
+def test_warns_when_no_kernel_is_scaled():
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 1),
+                              keras.layers.Flatten(), keras.layers.Dense(2)])
+    optimizer = keras_sgs.SGSWrapper(keras.optimizers.SGD())
+    with pytest.warns(UserWarning, match="no conv kernel to scale"):
+        optimizer.build(model.trainable_variables)
+    assert all(m is None for m in optimizer._masks)
+
+
 def test_forwarding():
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
     inner = keras.optimizers.SGD(schedule, loss_scale_factor=4.0)
