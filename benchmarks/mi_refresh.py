@@ -1,6 +1,7 @@
 """Cost of one SGS-MI refresh: keras_sgs against the authors' way.
 
-For a CIFAR VGG-16 (BN) and ResNet-18 and 256 real CIFAR-10 images, times
+For a CIFAR VGG-16 (BN) and ResNet-18 (`keras_sgs.models`) and 256 real
+CIFAR-10 images, times
 one whole refresh (forward pass capturing every scaled conv's input, plus
 the estimator for every layer):
 
@@ -8,8 +9,8 @@ the estimator for every layer):
   vectorised `spatial_dependence`), median of warm runs; the first call,
   which compiles, is reported apart;
 - the authors' way: the same forward pass, the maps copied to the host,
-  zero-padded,
-  then a Python loop over channels and displacements calling
+  zero-padded as the layer pads them (strided convs are "valid" after a
+  `ZeroPadding2D`), then a Python loop over channels and displacements calling
   `fast_histogram.histogram2d` (as in the authors' `dependence.py`), in
   float64 so that a channel's maximum stays in its last bin.
 
@@ -45,53 +46,16 @@ flags.DEFINE_string(
     "output", "benchmarks/results/mi_refresh.md", "Markdown table path."
 )
 
-VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-         512, 512, 512, "M"]
-
-
-def conv_bn_relu(x, filters, stride=1, relu=True):
-    x = keras.layers.Conv2D(filters, 3, stride, padding="same", use_bias=False)(x)
-    x = keras.layers.BatchNormalization()(x)
-    return keras.layers.ReLU()(x) if relu else x
-
-
-def vgg16():
-    inputs = keras.Input((32, 32, 3))
-    x = inputs
-    for item in VGG16:
-        if item == "M":
-            x = keras.layers.MaxPooling2D()(x)
-        else:
-            x = conv_bn_relu(x, item)
-    x = keras.layers.Flatten()(x)
-    return keras.Model(inputs, keras.layers.Dense(10)(x), name="vgg16")
-
-
-def resnet18():
-    inputs = keras.Input((32, 32, 3))
-    x = conv_bn_relu(inputs, 64)
-    for stage, filters in enumerate([64, 128, 256, 512]):
-        for block in range(2):
-            stride = 2 if stage and not block else 1
-            y = conv_bn_relu(x, filters, stride)
-            y = conv_bn_relu(y, filters, relu=False)
-            if stride != 1 or x.shape[-1] != filters:
-                x = keras.layers.Conv2D(filters, 1, stride, use_bias=False)(x)
-                x = keras.layers.BatchNormalization()(x)
-            x = keras.layers.ReLU()(keras.layers.Add()([x, y]))
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(10)(x), name="resnet18")
-
-
-def authors_dependence(fmap, kernel_size, k=5.0):
+def authors_dependence(fmap, kernel_size, padding, k=5.0):
     """Per channel, per displacement, with fast_histogram (host, float64)."""
     from fast_histogram import histogram2d
 
     kh, kw = kernel_size
-    fmap = np.pad(
-        fmap.astype(np.float64),
-        [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)],
-    )
+    fmap = fmap.astype(np.float64)
+    if padding == "same":
+        fmap = np.pad(
+            fmap, [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)]
+        )
     _, height, width, channels = fmap.shape
     result = np.ones((channels, kh, kw))
     done = set()
@@ -150,7 +114,9 @@ def measure(model, images):
     # The same forward pass, so that both estimate from identical maps.
     maps = [keras.ops.convert_to_numpy(m) for m in callback._capture(images)]
     reference = {
-        layer.name: authors_dependence(np.asarray(fmap), layer.kernel_size)
+        layer.name: authors_dependence(
+            np.asarray(fmap), layer.kernel_size, layer.padding
+        )
         for layer, fmap in zip(layers, maps)
     }
     authors = time.perf_counter() - start
@@ -178,17 +144,17 @@ def main(_):
         "| peak RSS growth keras_sgs / authors (MB) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for make in (vgg16, resnet18):
+    for name in ("vgg16", "resnet18"):
         keras.utils.set_random_seed(0)
-        r = measure(make(), images)
+        r = measure(keras_sgs.models.build_model(name, 10), images)
         lines.append(
-            f"| {make.__name__} | {r['layers']} | {r['map_mb']:.0f} | "
+            f"| {name} | {r['layers']} | {r['map_mb']:.0f} | "
             f"{r['first']:.2f} | {r['warm']:.2f} | {r['authors']:.2f} | "
             f"{r['authors'] / r['warm']:.1f}x | {r['error']:.1e} | "
             f"{r['ours_mb']:.0f} / {r['authors_mb']:.0f} |"
         )
         if r["error"] > 1e-5:
-            lines.append(f"\n**{make.__name__}: masks differ by {r['error']}**")
+            lines.append(f"\n**{name}: masks differ by {r['error']}**")
     write_table(FLAGS.output, "\n".join(lines))
 
 

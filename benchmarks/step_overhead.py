@@ -1,14 +1,16 @@
 """Train-step cost of SGSWrapper against its inner optimizer and ACB branches.
 
-One process, one model architecture (a VGG-style CIFAR net), one batch of
+One process, one model architecture (a narrow CIFAR VGG-11 from
+`keras_sgs.models`), one batch of
 real CIFAR-10 images; the variants run interleaved (round-robin, several
 rounds) so that machine noise hits them alike, and the median seconds per
 step of each is compared with the inner optimizer alone:
 
 - `SGD`: `keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4)`;
 - `SGSWrapper gradient` / `SGSWrapper update`: the same SGD wrapped, ACB mask;
-- `ACB branches`: every 3x3 conv replaced by 3x3 + 1x3 + 3x1 convs, each with
-  BatchNormalization, summed (ACNet), trained with the plain SGD.
+- `ACB branches`: every 3x3 conv-BN replaced by a `keras_sgs.reparam.ACBlock`
+  (3x3 + 1x3 + 3x1 convs, each with BatchNormalization, summed: ACNet),
+  trained with the plain SGD.
 
     KERAS_BACKEND=tensorflow python benchmarks/step_overhead.py
 """
@@ -36,7 +38,8 @@ flags.DEFINE_string(
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("steps", 10, "Steps per variant per round.")
 flags.DEFINE_integer("rounds", 7, "Interleaved rounds.")
-flags.DEFINE_string("widths", "32,64,128,128", "Conv widths of the 4 stages.")
+flags.DEFINE_string("model", "vgg11", "A keras_sgs.models.build_model name.")
+flags.DEFINE_float("width", 0.25, "Channel multiplier of the model.")
 flags.DEFINE_string(
     "output", "benchmarks/results/step_overhead.md", "Markdown table path."
 )
@@ -46,51 +49,29 @@ ACB = keras_sgs.mask_from_branches(
 )
 
 
-def conv_bn(x, filters, branched):
-    if not branched:
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        return keras.layers.BatchNormalization()(x)
-    outputs = []
-    for size in ((3, 3), (1, 3), (3, 1)):
-        y = keras.layers.Conv2D(filters, size, padding="same", use_bias=False)(x)
-        outputs.append(keras.layers.BatchNormalization()(y))
-    return keras.layers.Add()(outputs)
-
-
-def vgg(widths, branched):
-    """Two 3x3 conv-BN-ReLU per stage, max-pool between stages."""
-    inputs = keras.Input((32, 32, 3))
-    x = inputs
-    for i, width in enumerate(widths):
-        for _ in range(2):
-            x = keras.layers.ReLU()(conv_bn(x, width, branched))
-        if i < len(widths) - 1:
-            x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(10)(x))
-
-
 def sgd():
     return keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4)
 
 
-def variants(widths):
+def variants():
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     specs = {
-        "SGD": (False, sgd),
+        "SGD": ("plain", sgd),
         "SGSWrapper gradient": (
-            False, lambda: keras_sgs.SGSWrapper(sgd(), masks=ACB)
+            "plain", lambda: keras_sgs.SGSWrapper(sgd(), masks=ACB)
         ),
         "SGSWrapper update": (
-            False,
+            "plain",
             lambda: keras_sgs.SGSWrapper(sgd(), mode="update", masks=ACB),
         ),
-        "ACB branches": (True, sgd),
+        "ACB branches": ("acb", sgd),
     }
     models = {}
-    for name, (branched, make_optimizer) in specs.items():
+    for name, (conv_type, make_optimizer) in specs.items():
         keras.utils.set_random_seed(0)
-        model = vgg(widths, branched)
+        model = keras_sgs.models.build_model(
+            FLAGS.model, 10, conv_type, width=FLAGS.width
+        )
         model.compile(make_optimizer(), loss)
         models[name] = model
     return models
@@ -103,8 +84,7 @@ def main(_):
         rng = np.random.default_rng(0)
         images = rng.random((FLAGS.batch_size, 32, 32, 3), dtype="float32")
         labels = rng.integers(0, 10, FLAGS.batch_size)
-    widths = [int(w) for w in FLAGS.widths.split(",")]
-    models = variants(widths)
+    models = variants()
     for model in models.values():  # compile and warm up
         for _ in range(3):
             model.train_on_batch(images, labels)
@@ -118,7 +98,8 @@ def main(_):
             seconds[name].append((time.perf_counter() - start) / FLAGS.steps)
     base = statistics.median(seconds["SGD"])
     lines = [
-        f"Backend and device: {device_description()}. VGG-style CIFAR net, widths {widths}, "
+        f"Backend and device: {device_description()}. CIFAR {FLAGS.model}, "
+        f"width {FLAGS.width}, "
         f"batch {FLAGS.batch_size}, {FLAGS.rounds} interleaved rounds of "
         f"{FLAGS.steps} steps; median seconds per step.",
         "",

@@ -1,5 +1,7 @@
 """Spatial Gradient Scaling (Detkov et al., ICLR 2023) for Keras 3."""
 
+from keras_sgs import models
+from keras_sgs import reparam
 from keras_sgs.masks import mask_from_branches
 from keras_sgs.mi_scaling_callback import MIScalingCallback
 from keras_sgs.mutual_info import dependence_to_scaling
