@@ -9,33 +9,20 @@ TFRecord file `RECORDS`, and saves the initial and final trainable weights
 `OUT.npz`.
 """
 
+import pathlib
 import sys
 
-import tensorflow as tf
+# The same strategy set-up as the example scripts (with its work-around for
+# Keras 3.15.1's multi-worker `fit()`).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+from common import multi_worker_strategy  # noqa: E402
 
 # The strategy must exist before any other TensorFlow op runs in this
 # process (it sets up the collective ops between the workers).
-strategy = tf.distribute.MultiWorkerMirroredStrategy()
-_reduce = strategy.reduce
-
-
-def _reduce_each(reduce_op, value, axis=None):
-    """`strategy.reduce` as Keras 3.15.1's `fit()` needs it with several
-    workers: before training it reduces the whole `(x, y)` batch in one call,
-    and after each step it reduces the scalar loss and metrics along
-    `axis=0`; MultiWorkerMirroredStrategy accepts neither. Reduce each value
-    on its own, and scalars across replicas only."""
-
-    def reduce_one(v):
-        rank = strategy.experimental_local_results(v)[0].shape.rank
-        return _reduce(reduce_op, v, axis if rank else None)
-
-    return tf.nest.map_structure(reduce_one, value)
-
-
-strategy.reduce = _reduce_each
+strategy = multi_worker_strategy()
 
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_sgs  # noqa: E402
