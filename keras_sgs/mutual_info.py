@@ -25,8 +25,9 @@ from keras import ops
 
 PADDINGS = ("same", "valid", "causal")
 # Chunk size: about this many bytes of working memory per (displacement,
-# pixel, channel) keeps the peak extra memory under about the size of the
-# map (measured by benchmarks/mi_refresh.py on an ImageNet-sized map).
+# pixel, channel) keeps the peak extra memory, compilation included, under
+# twice the map (benchmarks/mi_refresh.py measures it on an ImageNet-sized
+# map).
 _BYTES_PER_PAIR = 20
 
 
