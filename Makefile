@@ -17,3 +17,4 @@ test-torch:
 
 benchmarks:
 	KERAS_BACKEND=tensorflow $(PYTHON) benchmarks/step_overhead.py
+	KERAS_BACKEND=tensorflow $(PYTHON) benchmarks/mi_refresh.py
