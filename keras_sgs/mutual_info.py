@@ -303,11 +303,10 @@ def _dependence_per_displacement(feature_map, displacements, pads, k, diagonal_r
             keep, ranges = valid, window_ranges(xc)
             count = ops.broadcast_to(ops.convert_to_tensor(pairs[:, None], "float32"), (num_d, chunk))
             bins = ops.broadcast_to(static_bins, (num_d, chunk))
-        low, high = ranges[0][..., None], ranges[1][..., None]
-        for _ in spatial:
-            low, high = low[..., None], high[..., None]
-        ix = _bin_index(xc[None], low[0], high[0], bins)
-        iy = _bin_index(ys, low[1], high[1], bins)
+        # (2: low/high, 2: X/Y, D, chunk, 1 for batch, 1 per spatial axis)
+        ranges = ops.reshape(ranges, tuple(ranges.shape) + (1,) * (1 + len(spatial)))
+        ix = _bin_index(xc[None], ranges[0, 0], ranges[1, 0], bins)
+        iy = _bin_index(ys, ranges[0, 1], ranges[1, 1], bins)
         if diagonal_removal:
             keep = ops.logical_and(keep, ops.not_equal(ix, iy))
         offset = ops.arange(num_d * chunk, dtype="int32") * max_bins**2
