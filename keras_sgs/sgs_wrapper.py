@@ -1,6 +1,8 @@
 """`SGSWrapper`: spatial gradient scaling around any Keras optimizer."""
 
 import contextlib
+import math
+import numbers
 import warnings
 
 import keras
@@ -134,6 +136,28 @@ class SGSWrapper(keras.optimizers.Optimizer):
       after masking. Not available with `gradient_accumulation_steps` or
       `ema_overwrite_frequency` on the inner optimizer.
 
+    Coupled weight decay (`coupled_weight_decay=wd`), PyTorch's
+    `SGD(weight_decay=wd)` that the authors train with: each step adds
+    `wd * w` to the gradient of every trainable variable that the inner
+    optimizer does not exclude from weight decay (see
+    `exclude_from_weight_decay`), *after* the mask and before the inner
+    optimizer, so the decay goes through momentum but is never masked
+    (an L2 penalty in the loss would be masked with the rest, and is lost
+    from a reloaded `.keras` model). With SGD the step is
+
+    ```python
+    buffer = momentum * buffer + (S * grad + wd * w)
+    w = w - learning_rate * buffer
+    ```
+
+    In `"update"` mode the decay belongs to the unmasked part of the step,
+    as a branch decays by itself: the inner optimizer receives
+    `grad + wd * w / S` and its step is multiplied by `S`, which for SGD is
+    exactly the step above (positions where `S` is 0 take no step at all).
+    The inner optimizer's clipping sees the gradient with the decay added
+    (the authors clip before both); its decoupled `weight_decay`, if any,
+    applies as well.
+
     Masks are float32 optimizer variables (one per scaled kernel, shape
     `kernel.shape[:-2] + (1, 1)`): a callback can change them between steps
     without retracing, they are saved with the optimizer (`.keras`,
@@ -176,11 +200,20 @@ class SGSWrapper(keras.optimizers.Optimizer):
             carry a trailing `(1, 1)`. A mask that matches no scaled kernel
             raises a `ValueError` when the optimizer is built. Defaults to
             `None`.
+        coupled_weight_decay: float >= 0 or `None`. Adds
+            `coupled_weight_decay * w` to each gradient after the mask, see
+            above. Defaults to `None` (no coupled decay).
         name: String. The name of the optimizer. Defaults to a unique name.
     """
 
     def __init__(
-        self, inner_optimizer, mode="gradient", masks=None, name=None, **kwargs
+        self,
+        inner_optimizer,
+        mode="gradient",
+        masks=None,
+        coupled_weight_decay=None,
+        name=None,
+        **kwargs,
     ):
         if kwargs:
             raise ValueError(
@@ -209,6 +242,9 @@ class SGSWrapper(keras.optimizers.Optimizer):
             )
         self.inner_optimizer = inner_optimizer
         self.mode = mode
+        self.coupled_weight_decay = _check_coupled_weight_decay(
+            coupled_weight_decay
+        )
         self._initial_masks = _initial_masks_from_argument(masks)
         self._masks = []
         if mode == "gradient" and isinstance(
@@ -372,9 +408,37 @@ class SGSWrapper(keras.optimizers.Optimizer):
         masks = [self._masks[self._get_variable_index(v)] for v in variables]
         if self.mode == "gradient":
             grads = apply_masks(grads, masks)
+            grads = self._add_coupled_decay(grads, variables)
             self.inner_optimizer.apply(grads, trainable_variables)
         else:
+            grads = self._add_coupled_decay(grads, variables, masks)
             self._apply_masked_update(grads, trainable_variables, variables, masks)
+
+    def _add_coupled_decay(self, grads, variables, masks=None):
+        """`grad + wd * w` for the variables the inner optimizer decays;
+        divided by the mask when `masks` are given (update mode), scaled
+        like the gradient when the inner optimizer unscales the loss."""
+        if not self.coupled_weight_decay:
+            return grads
+        inner = self.inner_optimizer
+        masks = masks or [None] * len(grads)
+        result = []
+        for g, v, m in zip(grads, variables, masks):
+            if (
+                g is None
+                or getattr(v, "overwrite_with_gradient", False)
+                or not inner._use_weight_decay(v)
+            ):
+                result.append(g)
+                continue
+            decay = ops.cast(v, g.dtype) * self.coupled_weight_decay
+            if inner.loss_scale_factor is not None:
+                decay = decay * inner.loss_scale_factor
+            if m is not None:
+                m = ops.cast(m, g.dtype)
+                decay = decay / ops.where(m > 0, m, ops.ones_like(m))
+            result.append(g + decay)
+        return result
 
     def _apply_masked_update(self, grads, trainable_variables, variables, masks):
         inner = self.inner_optimizer
@@ -479,6 +543,7 @@ class SGSWrapper(keras.optimizers.Optimizer):
             ),
             "mode": self.mode,
             "masks": initial,
+            "coupled_weight_decay": self.coupled_weight_decay,
         }
 
     @classmethod
@@ -508,6 +573,23 @@ def apply_masks(grads, masks):
         g if m is None or g is None else g * ops.cast(m, g.dtype)
         for g, m in zip(grads, masks)
     ]
+
+
+def _check_coupled_weight_decay(value):
+    """Returns `value` as a float >= 0, or `None`."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(
+            "`coupled_weight_decay` must be a finite number >= 0 or None. "
+            f"Received: coupled_weight_decay={value!r}"
+        )
+    return float(value)
 
 
 def _check_inner_optimizer(inner_optimizer):

@@ -199,6 +199,82 @@ def test_hand_computed_sgd_update(momentum, nesterov, wd):
     assert int(optimizer.iterations) == 3
 
 
+def reference_torch_sgd(start, steps, masks, decayed, lr, momentum, nesterov,
+                        wd):
+    """PyTorch's `SGD(lr, momentum, nesterov=..., weight_decay=wd)` on the
+    masked gradients, in numpy: `d = S * g + wd * w` (where decayed),
+    `b = momentum * b + d`, `w -= lr * (d + momentum * b if nesterov else
+    b)`."""
+    variables = [x.astype(np.float64) for x in start]
+    buffers = [None] * len(variables)
+    for grads in steps:
+        for i, (g, mask) in enumerate(zip(grads, masks)):
+            d = g.astype(np.float64) * (1.0 if mask is None else mask)
+            if decayed[i]:
+                d = d + wd * variables[i]
+            buffers[i] = d if buffers[i] is None else momentum * buffers[i] + d
+            d = d + momentum * buffers[i] if nesterov else buffers[i]
+            variables[i] = variables[i] - lr * d
+    return variables
+
+
+@pytest.mark.parametrize("mode", ["gradient", "update"])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_coupled_weight_decay_is_pytorch_sgd_on_the_masked_gradient(
+    mode, nesterov
+):
+    model, variables, start, steps = random_problem(6, 4)
+    excluded = model.get_layer("dense").bias
+    inner = keras.optimizers.SGD(0.1, momentum=0.9, nesterov=nesterov)
+    inner.exclude_from_weight_decay(var_list=[excluded])
+    masks = {"conv2d": ACB / ACB.mean(), "conv1d/kernel": [0.5, 2.0, 0.5]}
+    optimizer = keras_sgs.SGSWrapper(
+        inner, mode=mode, masks=masks, coupled_weight_decay=0.05
+    )
+    trajectory(optimizer, variables, start, steps)
+    mask_values = [optimizer.get_mask(v) for v in variables]
+    mask_values = [
+        None if m is None else keras.ops.convert_to_numpy(m)
+        for m in mask_values
+    ]
+    decayed = [v.path != excluded.path for v in variables]
+    numpy_steps = [[keras.ops.convert_to_numpy(g) for g in s] for s in steps]
+    expected = reference_torch_sgd(
+        start, numpy_steps, mask_values, decayed, 0.1, 0.9, nesterov, 0.05
+    )
+    for v, x in zip(variables, expected):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(v), x, rtol=2e-5, atol=2e-6,
+            err_msg=v.path,
+        )
+    # Not a no-op: without the decay the trajectory differs.
+    plain = keras_sgs.SGSWrapper(
+        keras.optimizers.SGD(0.1, momentum=0.9, nesterov=nesterov),
+        mode=mode, masks=masks,
+    )
+    without = trajectory(plain, variables, start, steps)[-1]
+    assert not np.allclose(without[0], expected[0], rtol=1e-3)
+
+
+def test_coupled_weight_decay_follows_the_inner_loss_scale():
+    _, variables, start, steps = random_problem(7, 3)
+    scaled_steps = [[g * 8.0 for g in s] for s in steps]
+    results = [
+        trajectory(
+            keras_sgs.SGSWrapper(
+                keras.optimizers.SGD(
+                    0.1, momentum=0.9, loss_scale_factor=scale
+                ),
+                masks=ACB, coupled_weight_decay=0.05,
+            ),
+            variables, start, grads,
+        )[-1]
+        for scale, grads in ((None, steps), (8.0, scaled_steps))
+    ]
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_apply_without_variables_after_build():
     # The JAX trainer calls apply(grads) with no variables.
     rng = np.random.default_rng(3)
@@ -332,9 +408,10 @@ def test_ema_finalisation_is_forwarded():
 def test_serialization_round_trip():
     optimizer = keras_sgs.SGSWrapper(
         keras.optimizers.SGD(0.1, momentum=0.9), mode="update",
-        masks={"conv2d": ACB}, name="sgs",
+        masks={"conv2d": ACB}, coupled_weight_decay=5e-4, name="sgs",
     )
     config = optimizer.get_config()
+    assert config["coupled_weight_decay"] == 5e-4
     clone = keras_sgs.SGSWrapper.from_config(config)
     assert clone.get_config() == config
     restored = keras.optimizers.deserialize(
@@ -409,6 +486,16 @@ def test_serialization_round_trip():
             TypeError,
             "key=3",
         ),
+    ]
+    + [
+        (
+            lambda value=value: keras_sgs.SGSWrapper(
+                keras.optimizers.SGD(), coupled_weight_decay=value
+            ),
+            ValueError,
+            f"coupled_weight_decay={value!r}",
+        )
+        for value in (-1e-4, float("nan"), float("inf"), "5e-4", True)
     ],
 )
 def test_bad_constructor_arguments(make, error, match):
