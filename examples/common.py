@@ -13,11 +13,11 @@ for each `--method`, the callbacks and the outputs written to
 - `masks.png`: the final SGS masks (`sgs_mi`, `sgs_constant`);
 - `results.json`: test accuracy, timings and the run's settings.
 
-Weight decay is a coupled L2 penalty, `weight_decay / 2 * ||w||^2` added to
-the loss through each variable's `regularizer`: its gradient
-`weight_decay * w` goes through momentum like PyTorch's
-`SGD(weight_decay=...)` that the authors use. Under SGS that gradient is
-part of the masked gradient (the authors add decay after the mask).
+Every method trains with `SGSWrapper(SGD(...), coupled_weight_decay=...)`:
+the authors' step, PyTorch's `SGD(weight_decay=...)`, where `wd * w` is
+added to the gradient after the SGS mask and goes through momentum. For
+`baseline`, `acb` and `repvgg` the masks stay at ones, which is exactly
+SGD with that coupled decay.
 """
 
 import dataclasses
@@ -393,35 +393,36 @@ def normalize(image, mean, std):
 # -- model and optimizer --------------------------------------------------
 
 
-def add_weight_decay(model, weight_decay, kernels_only):
-    """Puts an L2 regularizer (gradient `weight_decay * w`) on the kernels
-    of every conv and dense layer, or on every trainable variable."""
-    if not weight_decay:
-        return
-    l2 = keras.regularizers.L2(weight_decay / 2)
-    if not kernels_only:
-        for variable in model.trainable_variables:
-            variable.regularizer = l2
-        return
+def kernels(model):
+    """The conv and dense kernels of `model` (no biases, no norm weights)."""
+    found = []
     for layer in model._flatten_layers(include_self=False, recursive=True):
         for name in ("kernel", "depthwise_kernel", "pointwise_kernel"):
             variable = getattr(layer, name, None)
             if variable is not None and variable.trainable:
-                variable.regularizer = l2
+                found.append(variable)
+    return found
 
 
-def make_optimizer(config, learning_rate, total_steps):
-    """SGD with cosine decay, wrapped in `SGSWrapper` for SGS methods."""
+def make_optimizer(config, model, learning_rate, total_steps,
+                   decay_kernels_only):
+    """`SGSWrapper(SGD)` with cosine decay and coupled weight decay (on
+    every trainable variable, or on the kernels only); the masks are
+    ACNet's for `sgs_constant`, else ones (learned by the callback for
+    `sgs_mi`)."""
     schedule = keras.optimizers.schedules.CosineDecay(
         learning_rate, decay_steps=total_steps)
     sgd = keras.optimizers.SGD(
         schedule, momentum=config.momentum, nesterov=config.nesterov)
-    if config.method == "sgs_mi":
-        return keras_sgs.SGSWrapper(sgd)
+    if decay_kernels_only:
+        kept = {id(v) for v in kernels(model)}
+        sgd.exclude_from_weight_decay(var_list=[
+            v for v in model.trainable_variables if id(v) not in kept])
+    masks = None
     if config.method == "sgs_constant":
-        mask = keras_sgs.mask_from_branches((3, 3), ACB_BRANCHES)
-        return keras_sgs.SGSWrapper(sgd, masks=mask)
-    return sgd
+        masks = keras_sgs.mask_from_branches((3, 3), ACB_BRANCHES)
+    return keras_sgs.SGSWrapper(
+        sgd, masks=masks, coupled_weight_decay=config.weight_decay or None)
 
 
 def compile_model(model, optimizer=None):
@@ -603,9 +604,9 @@ def train(config, task):
             input_shape=task.input_shape,
             width=config.width,
         )
-        add_weight_decay(model, config.weight_decay, task.decay_kernels_only)
         compile_model(model, make_optimizer(
-            config, learning_rate, config.epochs * steps))
+            config, model, learning_rate, config.epochs * steps,
+            task.decay_kernels_only))
     history = make_history_callback(os.path.join(output_dir, "history.json"))
     model.fit(
         train_ds,

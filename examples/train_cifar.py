@@ -2,9 +2,9 @@ r"""Trains a CIFAR model with SGS, branched reparameterization or plain SGD.
 
 The defaults are the authors' CIFAR recipe (Detkov et al., ICLR 2023):
 SGD momentum 0.9, learning rate 0.1 with cosine decay over all steps,
-batch 128, weight decay 5e-4 (coupled L2 on every trainable variable, like
-PyTorch's SGD), 200 epochs, random crop (pad 4) + horizontal flip +
-cutout 16; SGS-MI refreshes the masks every 5 epochs after a warm-up epoch
+batch 128, weight decay 5e-4 (PyTorch SGD's coupled decay, added after the
+SGS mask, on every trainable variable), 200 epochs, random crop (pad 4) +
+horizontal flip + cutout 16; SGS-MI refreshes the masks every 5 epochs after a warm-up epoch
 from 2 held-out batches (the first training images, without augmentation),
 k = 5. Without --data or --tfds_name it trains on the CIFAR-10 sample
 shipped in `data/cifar10_sample` (4000 training / 1000 test images).
@@ -35,7 +35,8 @@ common.define_flags(
     batch_size=128,
     lr_help="Learning rate, decayed to 0 by a cosine over all steps.",
     weight_decay=5e-4,
-    weight_decay_help="Coupled L2 weight decay on every trainable variable.",
+    weight_decay_help="Coupled weight decay (PyTorch SGD's, added after the "
+    "SGS mask) on every trainable variable.",
     nesterov=False,
     strategy="default",
     diagonal_removal=False,

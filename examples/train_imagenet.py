@@ -39,7 +39,8 @@ common.define_flags(
     lr_help="Learning rate per 256 images: the run uses lr * batch_size / "
     "256, decayed to 0 by a cosine over all steps.",
     weight_decay=1e-4,
-    weight_decay_help="Coupled L2 weight decay on conv and dense kernels.",
+    weight_decay_help="Coupled weight decay (PyTorch SGD's, added after the "
+    "SGS mask) on conv and dense kernels.",
     nesterov=True,
     strategy="auto",
     diagonal_removal=True,

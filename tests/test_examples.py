@@ -58,8 +58,9 @@ def read_json(path):
         return json.load(f)
 
 
-def check_outputs(output_dir, method, epochs=2):
-    """Checks `results.json`, `history.json`, `masks.png`; returns the
+def check_outputs(output_dir, method, epochs=2, weight_decay=5e-4):
+    """Checks `results.json`, `history.json`, `masks.png` and that the
+    saved model trains on with the coupled weight decay; returns the
     results."""
     results = read_json(output_dir / "results.json")
     history = read_json(output_dir / "history.json")
@@ -69,7 +70,8 @@ def check_outputs(output_dir, method, epochs=2):
     assert results["seconds_per_epoch"] > 0
     assert history["epoch"] == list(range(1, epochs + 1))
     assert all(np.isfinite(history["loss"]))
-    assert (output_dir / "model.keras").exists()
+    optimizer = keras.saving.load_model(output_dir / "model.keras").optimizer
+    assert optimizer.coupled_weight_decay == weight_decay
     assert (output_dir / "masks.png").exists() == (
         method in ("sgs_mi", "sgs_constant"))
     return results
@@ -208,7 +210,7 @@ def test_train_imagenet_on_two_cpus(tmp_path):
         "--batch_size=16",
         f"--output_dir={output_dir}",
     )
-    results = check_outputs(output_dir, "sgs_mi")
+    results = check_outputs(output_dir, "sgs_mi", weight_decay=1e-4)
     assert results["replicas"] == 2
     assert results["train_examples"] == 32
     assert results["learning_rate"] == pytest.approx(0.1 * 16 / 256)
