@@ -76,10 +76,26 @@ def _records(path):
         data = f.read()
     pos = 0
     while pos < len(data):
+        if len(data) - pos < 12:
+            raise ValueError(f"truncated record header at byte {pos}")
         (length,) = struct.unpack_from("<Q", data, pos)
+        if length > len(data) - pos - 16:
+            raise ValueError(
+                f"the record at byte {pos} claims {length} bytes, "
+                f"{len(data) - pos - 16} follow"
+            )
         pos += 12  # length and its masked CRC
         yield memoryview(data)[pos : pos + length]
         pos += length + 4  # data and its masked CRC
+
+
+def _decode(record):
+    """`(uint8 image, label)` of one record."""
+    from PIL import Image
+
+    example = _parse_example(bytes(record))
+    image = Image.open(io.BytesIO(example["image/encoded"][0]))
+    return np.asarray(image.convert("RGB")), example["image/class/label"][0]
 
 
 def read_image_records(pattern, limit=None):
@@ -101,9 +117,12 @@ def read_image_records(pattern, limit=None):
     Returns:
         `(images, labels)`: a uint8 array `(N, H, W, 3)` and an int64 array
         `(N,)`.
-    """
-    from PIL import Image
 
+    Raises:
+        ValueError: `pattern` matches no file, a file is not a TFRecord file
+            of such examples (the message names it), or the images differ
+            in size.
+    """
     paths = sorted(glob.glob(pattern))
     if not paths:
         raise ValueError(
@@ -111,11 +130,28 @@ def read_image_records(pattern, limit=None):
         )
     images, labels = [], []
     for path in paths:
-        for record in _records(path):
-            if limit is not None and len(images) >= limit:
-                break
-            example = _parse_example(bytes(record))
-            image = Image.open(io.BytesIO(example["image/encoded"][0]))
-            images.append(np.asarray(image.convert("RGB")))
-            labels.append(example["image/class/label"][0])
+        if limit is not None and len(images) >= limit:
+            break
+        index = 0  # of the record being read
+        try:
+            for record in _records(path):
+                if limit is not None and len(images) >= limit:
+                    break
+                image, label = _decode(record)
+                images.append(image)
+                labels.append(label)
+                index += 1
+        except Exception as error:  # struct, protobuf, Pillow: all malformed
+            raise ValueError(
+                f"{path} is not a TFRecord file of tf.train.Example images "
+                f"with image/encoded and image/class/label (record {index}): "
+                f"{type(error).__name__}: {error}"
+            ) from error
+    shapes = {image.shape for image in images}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"The images of {pattern!r} differ in size: {sorted(shapes)}"
+        )
+    if not images:
+        return np.zeros((0, 0, 0, 3), np.uint8), np.zeros((0,), np.int64)
     return np.stack(images), np.asarray(labels, dtype=np.int64)

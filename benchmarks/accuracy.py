@@ -1,0 +1,408 @@
+r"""The paper's CIFAR-10 comparison with keras_sgs, on TensorFlow, JAX or PyTorch.
+
+Trains each of `--methods` once per seed of `--seeds` and writes one JSON
+per run and a markdown table (test top-1 mean +- std over seeds, seconds
+per epoch, seconds in MI refreshes) beside the reference measured with the
+authors' own PyTorch code. The defaults are the authors' recipe: VGG-11-BN,
+batch 128, SGD momentum 0.9, lr 0.1 with cosine decay over all steps,
+PyTorch's coupled weight decay 5e-4 on every variable (added after the SGS
+mask, `SGSWrapper(coupled_weight_decay=...)`), random crop (pad 4) + flip +
+cutout 16 on the device, SGS-MI masks refreshed at epoch 1 and then every 5
+epochs from 2 held-out batches (the first training images, without
+augmentation), k = 5.
+
+- `baseline`: plain convs; `sgs_mi`: masks from `MIScalingCallback`;
+  `sgs_constant`: ACNet's fixed 3x3+1x3+3x1 mask; `acb` / `repvgg`: the
+  branched models of `keras_sgs.reparam`, also evaluated after
+  `fuse_model`. Every method trains with `SGSWrapper(SGD)`, whose masks
+  stay at ones for `baseline`, `acb` and `repvgg` (exactly SGD with the
+  coupled decay).
+- Data: TFRecord globs (`--data`, `--test_data`) read without TensorFlow,
+  or the compact `cifar10_jpeg.npz` of `../shared/tools/gpu-wheels.sh
+  --data` (`--data=.gpu-data/cifar10_jpeg.npz`, holds both splits).
+  TensorFlow is imported only on the TensorFlow backend.
+- `--parallel N` trains N runs at once, each in its own process (one GPU
+  shared by small models); JAX processes then allocate GPU memory as they
+  need it (`XLA_PYTHON_CLIENT_PREALLOCATE=false`).
+
+```sh
+KERAS_BACKEND=jax python3 benchmarks/accuracy.py --epochs=60 --parallel=6
+KERAS_BACKEND=tensorflow python3 benchmarks/accuracy.py --epochs=1 \
+    --train_images=512 --width=0.25 --output=/tmp/accuracy.md   # smoke
+```
+"""
+
+import json
+import multiprocessing
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import keras  # noqa: E402  (after the JAX setting above)
+import numpy as np  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+import cifar  # noqa: E402
+import keras_sgs  # noqa: E402
+from keras_sgs.plotting import model_masks  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
+MODELS = ("vgg11", "vgg16", "resnet18")
+METHODS = ("baseline", "sgs_mi", "sgs_constant", "acb", "repvgg")
+CONV_TYPES = {"acb": "acb", "repvgg": "repvgg"}  # other methods: "plain"
+ACB_BRANCHES = [((3, 3), 1.0), ((1, 3), 1.0), ((3, 1), 1.0)]
+# Measured with the authors' PyTorch code on the same TFRecords, VGG-11-BN,
+# one H100 (../shared/docs/method.md): epochs -> (seeds, baseline, SGS).
+REFERENCE = {
+    30: (2, "87.50 (87.52, 87.48)", "87.39 (86.95, 87.83)"),
+    60: (3, "89.06 ± 0.18", "89.27 ± 0.14"),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("model", "vgg11", MODELS, "Architecture.")
+flags.DEFINE_list(
+    "methods", ["baseline", "sgs_mi"], f"Any of {', '.join(METHODS)}."
+)
+flags.DEFINE_list("seeds", ["0", "1", "2"], "One run per method per seed.")
+flags.DEFINE_integer("epochs", 60, "Training epochs.", lower_bound=1)
+flags.DEFINE_float("width", 1.0, "Channel multiplier of the model.")
+flags.DEFINE_integer(
+    "train_images", None, "Train on the first N images only (smoke runs).",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "test_images", None, "Evaluate on the first N test images only.",
+    lower_bound=1,
+)
+flags.DEFINE_string(
+    "data", str(CIFAR10 / "train-*.tfrecord"),
+    "Training images: a TFRecord glob, or a compact .npz (both splits).",
+)
+flags.DEFINE_string(
+    "test_data", str(CIFAR10 / "test-*.tfrecord"),
+    "Test images: a TFRecord glob (ignored when --data is a .npz).",
+)
+flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
+flags.DEFINE_float("lr", 0.1, "Learning rate, cosine-decayed to 0.")
+flags.DEFINE_float("weight_decay", 5e-4, "Coupled weight decay.")
+flags.DEFINE_integer("refresh_every", 5, "SGS-MI: epochs between refreshes.")
+flags.DEFINE_integer("refresh_warmup", 1, "SGS-MI: first refreshing epoch.")
+flags.DEFINE_integer("refresh_batches", 2, "SGS-MI: held-out batches.")
+flags.DEFINE_float("mi_k", 5.0, "SGS-MI: sharpening k.")
+flags.DEFINE_integer(
+    "parallel", 1, "Runs trained at once, each in its own process.",
+    lower_bound=1,
+)
+flags.DEFINE_integer("verbose", 0, "Keras verbosity of each run (0, 1, 2).")
+flags.DEFINE_string(
+    "output", str(REPO / "benchmarks" / "results" / "accuracy.md"),
+    "Markdown table; the runs' JSON files go to the folder of the same "
+    "name without `.md`.",
+)
+
+
+def main(argv):
+    del argv
+    methods, seeds = check_flags()
+    train_images, train_labels = load("train", FLAGS.data, FLAGS.train_images)
+    test_source = FLAGS.data if FLAGS.data.endswith(".npz") else FLAGS.test_data
+    test_images, test_labels = load("test", test_source, FLAGS.test_images)
+    runs_dir = pathlib.Path(FLAGS.output).with_suffix("")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        name: getattr(FLAGS, name)
+        for name in (
+            "model", "epochs", "width", "batch_size", "lr", "weight_decay",
+            "refresh_every", "refresh_warmup", "refresh_batches", "mi_k",
+            "verbose",
+        )
+    }
+    print(
+        f"{FLAGS.model} (width {FLAGS.width}), {FLAGS.epochs} epochs, "
+        f"{len(train_images)} training / {len(test_images)} test images, "
+        f"{len(methods) * len(seeds)} runs, {FLAGS.parallel} at a time.",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory() as data_dir:
+        arrays = {
+            "train_images": train_images, "train_labels": train_labels,
+            "test_images": test_images, "test_labels": test_labels,
+        }
+        for name, array in arrays.items():
+            np.save(os.path.join(data_dir, f"{name}.npy"), array)
+        jobs = [
+            dict(settings, method=method, seed=seed, data_dir=data_dir,
+                 json_path=str(runs_dir / f"{FLAGS.model}_{method}_seed{seed}.json"))
+            for method in methods for seed in seeds
+        ]
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(FLAGS.parallel, maxtasksperchild=1) as pool:
+            results = []
+            for result in pool.imap_unordered(train_run, jobs):
+                print(run_line(result), flush=True)
+                results.append(result)
+    write_table(FLAGS.output, results, len(train_images), len(test_images))
+
+
+def check_flags():
+    """The methods and seeds, or a `app.UsageError` before any training."""
+    methods = FLAGS.methods
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise app.UsageError(
+            f"--methods must list some of {', '.join(METHODS)}. Received: "
+            f"--methods={','.join(methods)}"
+        )
+    try:
+        seeds = [int(seed) for seed in FLAGS.seeds]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise app.UsageError(
+            f"--seeds must list integers. Received: --seeds={','.join(FLAGS.seeds)}"
+        )
+    runs = len(methods) * len(seeds)
+    if FLAGS.parallel > runs:
+        raise app.UsageError(
+            f"--parallel must be at most the number of runs ({runs}: "
+            f"{len(methods)} methods x {len(seeds)} seeds). Received: "
+            f"--parallel={FLAGS.parallel}"
+        )
+    if not FLAGS.width > 0:
+        raise app.UsageError(f"--width must be > 0. Received: --width={FLAGS.width}")
+    return methods, seeds
+
+
+def load(split, source, limit):
+    """`cifar.load_split`, with bad data reported as a usage error."""
+    try:
+        return cifar.load_split(source, split, limit)
+    except (ValueError, OSError) as error:
+        raise app.UsageError(f"Cannot read the {split} images: {error}") from None
+
+
+# -- one run, in its own process ----------------------------------------------
+
+
+def train_run(job):
+    """Trains and evaluates one method with one seed; writes and returns the
+    run's results (a dict)."""
+    import keras
+
+    import cifar
+    import keras_sgs
+
+    start = time.perf_counter()
+    keras.utils.set_random_seed(job["seed"])
+    data = {
+        name: np.load(os.path.join(job["data_dir"], f"{name}.npy"))
+        for name in ("train_images", "train_labels", "test_images", "test_labels")
+    }
+    method = job["method"]
+    backbone = keras_sgs.models.build_model(
+        job["model"], 10, CONV_TYPES.get(method, "plain"), width=job["width"]
+    )
+    model = cifar.training_model(backbone)
+    steps_per_epoch = -(-len(data["train_labels"]) // job["batch_size"])
+    masks = None
+    if method == "sgs_constant":
+        masks = keras_sgs.mask_from_branches((3, 3), ACB_BRANCHES)
+    optimizer = keras_sgs.SGSWrapper(
+        keras.optimizers.SGD(
+            keras.optimizers.schedules.CosineDecay(
+                job["lr"], job["epochs"] * steps_per_epoch
+            ),
+            momentum=0.9,
+        ),
+        masks=masks,
+        coupled_weight_decay=job["weight_decay"] or None,
+    )
+    compile_for_accuracy(model, optimizer)
+    callbacks = []
+    if method == "sgs_mi":
+        held_out = data["train_images"][: job["refresh_batches"] * job["batch_size"]]
+        callbacks.append(keras_sgs.MIScalingCallback(
+            held_out, every=job["refresh_every"], warmup=job["refresh_warmup"],
+            k=job["mi_k"],
+        ))
+    timer = EpochTimer()
+    callbacks.append(timer)  # after the refresh: epoch times leave it out
+    history = model.fit(
+        data["train_images"], data["train_labels"],
+        batch_size=job["batch_size"], epochs=job["epochs"], shuffle=True,
+        callbacks=callbacks, verbose=job["verbose"],
+    ).history
+    test = (data["test_images"], data["test_labels"])
+    results = {
+        "model": job["model"],
+        "method": method,
+        "seed": job["seed"],
+        "epochs": job["epochs"],
+        "width": job["width"],
+        "train_images": len(data["train_labels"]),
+        "test_images": len(data["test_labels"]),
+        "device": device_description(),
+        "test_top1": evaluate(model, *test),
+        "train_loss": [float(v) for v in history["loss"]],
+        "train_top1": [float(v) for v in history["accuracy"]],
+        "epoch_seconds": timer.seconds,
+        "seconds_per_epoch": statistics.median(timer.seconds),
+        "mi_refresh_seconds": sum(history.get("sgs_refresh_seconds", [0.0])),
+        "mi_refreshes": sum(1 for s in history.get("sgs_refresh_seconds", []) if s),
+    }
+    if method in CONV_TYPES:
+        fused = cifar.inference_model(keras_sgs.reparam.fuse_model(backbone))
+        compile_for_accuracy(fused, "sgd")
+        results["fused_test_top1"] = evaluate(fused, *test)
+    if method in ("sgs_mi", "sgs_constant"):
+        results["masks"] = {
+            name: mask.tolist() for name, mask in model_masks(model).items()
+        }
+    results["wall_seconds"] = time.perf_counter() - start
+    with open(job["json_path"], "w") as f:
+        json.dump(results, f, indent=1)
+    return results
+
+
+def compile_for_accuracy(model, optimizer):
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+
+
+def evaluate(model, images, labels):
+    """Top-1 accuracy in [0, 1]."""
+    logs = model.evaluate(images, labels, batch_size=500, verbose=0,
+                          return_dict=True)
+    return float(logs["accuracy"])
+
+
+def device_description():
+    """The Keras backend and the device it trains on."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0].device_kind
+    elif backend == "torch":
+        import torch
+
+        device = (
+            torch.cuda.get_device_name() if torch.cuda.is_available()
+            else f"CPU ({os.cpu_count()} cores)"
+        )
+    else:
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        device = gpus[0].name if gpus else f"CPU ({os.cpu_count()} cores)"
+    return f"{backend}, {device}"
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Seconds of each epoch, from its start to its end."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+# -- the table ------------------------------------------------------------------
+
+
+def mean_std(values):
+    """`"mean ± std"` in percent (sample std; the value alone for one)."""
+    values = [100 * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def run_line(r):
+    line = (
+        f"{r['model']} {r['method']} seed {r['seed']}: test top-1 "
+        f"{100 * r['test_top1']:.2f}"
+    )
+    if "fused_test_top1" in r:
+        line += f" (fused {100 * r['fused_test_top1']:.2f})"
+    return line + (
+        f", {r['seconds_per_epoch']:.2f} s/epoch, MI refreshes "
+        f"{r['mi_refresh_seconds']:.1f} s, {r['wall_seconds']:.0f} s in all"
+    )
+
+
+def table(results, train_images, test_images):
+    """The markdown table of `results` (one dict per run)."""
+    by_method = {}
+    for r in sorted(results, key=lambda r: (METHODS.index(r["method"]), r["seed"])):
+        by_method.setdefault(r["method"], []).append(r)
+    first = results[0]
+    devices = sorted({r["device"] for r in results})
+    lines = [
+        f"Device: {'; '.join(devices)}. {first['model']} (width "
+        f"{first['width']}), {first['epochs']} epochs, {train_images} "
+        f"training / {test_images} test images of CIFAR-10; the authors' "
+        "recipe (see benchmarks/accuracy.py).",
+        "",
+        "| method | seeds | test top-1 (%) | fused top-1 (%) | s/epoch "
+        "| MI refresh s per run (refreshes) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, runs in by_method.items():
+        fused = (
+            mean_std([r["fused_test_top1"] for r in runs])
+            if method in CONV_TYPES else ""
+        )
+        lines.append(
+            f"| {method} | {len(runs)} | "
+            f"{mean_std([r['test_top1'] for r in runs])} | {fused} | "
+            f"{statistics.median(r['seconds_per_epoch'] for r in runs):.2f} | "
+            f"{statistics.mean(r['mi_refresh_seconds'] for r in runs):.1f} "
+            f"({runs[0]['mi_refreshes']}) |"
+        )
+    reference = REFERENCE.get(first["epochs"])
+    if reference and first["model"] == "vgg11" and first["width"] == 1.0:
+        seeds, baseline, sgs = reference
+        lines += [
+            f"| authors' code, baseline (one H100) | {seeds} | {baseline} | | | |",
+            f"| authors' code, SGS (one H100) | {seeds} | {sgs} | | | |",
+        ]
+    else:
+        lines += [
+            "",
+            "Reference, the authors' PyTorch code on the same TFRecords "
+            "(VGG-11, width 1, one H100): 60 epochs, 3 seeds: baseline "
+            "89.06 ± 0.18, SGS 89.27 ± 0.14; 30 epochs, 2 seeds: 87.50 vs "
+            "87.39.",
+        ]
+    return "\n".join(lines)
+
+
+def write_table(path, results, train_images, test_images):
+    text = table(results, train_images, test_images)
+    print(text)
+    command = " ".join(["python3", os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    with open(path, "w") as f:
+        f.write(
+            f"Command: `KERAS_BACKEND={keras.backend.backend()} {command}`\n\n"
+            f"{text}\n"
+        )
+
+
+if __name__ == "__main__":
+    app.run(main)
