@@ -1,0 +1,175 @@
+"""`benchmarks/accuracy.py` and its CIFAR pipeline (`benchmarks/cifar.py`):
+the augmentation layers against numpy, a smoke run of the study on this
+backend (without TensorFlow unless the backend is TensorFlow), and its
+errors on bad input."""
+
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import cifar  # noqa: E402
+
+SMOKE = [
+    "--epochs=2",
+    "--train_images=256",
+    "--test_images=200",
+    "--width=0.125",
+    "--seeds=0",
+    "--refresh_every=1",
+]
+
+
+def test_random_crop_flip_is_a_shifted_crop_of_the_padded_image():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (600, 32, 32, 3)).astype(np.uint8)
+    layer = cifar.RandomCropFlip(4, seed=1)
+    out = keras.ops.convert_to_numpy(layer(images, training=True))
+    padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)]).astype(np.float32)
+    seen = set()
+    for i in range(len(images)):
+        found = [
+            (dy, dx, flip)
+            for dy in range(9)
+            for dx in range(9)
+            for flip in (False, True)
+            if np.array_equal(
+                out[i],
+                padded[i, dy : dy + 32, dx : dx + 32][:, ::-1]
+                if flip
+                else padded[i, dy : dy + 32, dx : dx + 32],
+            )
+        ]
+        assert len(found) == 1, i
+        seen.add(found[0])
+    # One draw per image: nearly all of the 162 (offset, flip) choices
+    # occur, flips about half of the time.
+    assert len(seen) > 140
+    assert 0.35 < np.mean([flip for _, _, flip in seen]) < 0.65
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(layer(images)), images.astype(np.float32)
+    )
+
+
+def test_cutout_zeroes_one_square_per_image():
+    images = np.ones((400, 32, 32, 3), np.float32)
+    layer = cifar.Cutout(16, seed=2)
+    out = keras.ops.convert_to_numpy(layer(images, training=True))
+    sides = []
+    for image in out:
+        zero = image[..., 0] == 0
+        assert np.array_equal(zero[..., None].repeat(3, -1), image == 0)
+        rows, cols = np.flatnonzero(zero.any(1)), np.flatnonzero(zero.any(0))
+        # A rectangle: the product of its row and column ranges.
+        assert zero.sum() == len(rows) * len(cols)
+        assert np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1)
+        sides += [len(rows), len(cols)]
+    assert min(sides) >= 8 and max(sides) == 16
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(images)), images)
+
+
+def run_study(*args, expect_returncode=0):
+    """Runs the study in a subprocess on this backend; on JAX and PyTorch a
+    `tensorflow` package that refuses to import comes first on the path."""
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="2")
+    if BACKEND != "tensorflow":
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO / "tests" / "no_tensorflow"), env.get("PYTHONPATH", "")]
+        )
+    process = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "accuracy.py"), *args],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    output = process.stdout + process.stderr
+    assert process.returncode == expect_returncode, output[-5000:]
+    return output
+
+
+def test_smoke_run_writes_runs_and_table(tmp_path):
+    table = tmp_path / "accuracy.md"
+    output = run_study(
+        *SMOKE, "--methods=baseline,sgs_mi", "--parallel=2", f"--output={table}"
+    )
+    assert "vgg11 sgs_mi seed 0: test top-1" in output
+    text = table.read_text()
+    assert f"KERAS_BACKEND={BACKEND}" in text
+    assert "| baseline | 1 |" in text and "| sgs_mi | 1 |" in text
+    assert "89.06 ± 0.18" in text  # the authors' reference
+    for method in ("baseline", "sgs_mi"):
+        with open(tmp_path / "accuracy" / f"vgg11_{method}_seed0.json") as f:
+            run = json.load(f)
+        assert run["device"].startswith(BACKEND)
+        assert 0.0 <= run["test_top1"] <= 1.0
+        assert len(run["train_loss"]) == 2 and np.all(np.isfinite(run["train_loss"]))
+        assert run["train_images"] == 256 and run["test_images"] == 200
+        assert run["seconds_per_epoch"] > 0
+    # The warm-up epoch trains with ones, the second refreshes the masks.
+    assert run["mi_refreshes"] == 1 and run["mi_refresh_seconds"] > 0
+    masks = np.array(list(run["masks"].values()))
+    assert masks.shape == (8, 3, 3) and not np.allclose(masks, 1)
+    np.testing.assert_allclose(masks.mean(axis=(1, 2)), 1, rtol=1e-5)
+
+
+def jpeg_npz(path, images):
+    """The compact format of `gpu-wheels.sh --data`, both splits."""
+    from PIL import Image
+
+    blobs = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG")
+        blobs.append(buffer.getvalue())
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])])
+    arrays = {}
+    for split in ("train", "test"):
+        arrays[f"{split}_bytes"] = np.frombuffer(b"".join(blobs), np.uint8)
+        arrays[f"{split}_offsets"] = offsets.astype(np.int64)
+        arrays[f"{split}_labels"] = np.arange(len(images)) % 10
+    np.savez(path, **arrays)
+
+
+def test_reads_the_compact_npz(tmp_path):
+    images = np.random.default_rng(3).integers(0, 256, (5, 32, 32, 3))
+    jpeg_npz(tmp_path / "cifar.npz", images.astype(np.uint8))
+    loaded, labels = cifar.load_split(str(tmp_path / "cifar.npz"), "test", 4)
+    assert loaded.shape == (4, 32, 32, 3) and loaded.dtype == np.uint8
+    np.testing.assert_array_equal(labels, [0, 1, 2, 3])
+    # JPEG is lossy: close to the originals, not equal.
+    assert np.abs(loaded.astype(int) - images[:4]).mean() < 60
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods=baseline,sgd"], "--methods must list some of"),
+        (["--methods=baseline", "--seeds=0,1", "--parallel=3"],
+         "--parallel must be at most the number of runs (2"),
+        (["--data=/nonexistent/*.tfrecord"], "matches no file"),
+        (["--data={npz64}"], "must be 32x32 RGB. Received: images of shape (64, 64, 3)"),
+        (["--test_data={bad}"], "bad.tfrecord is not a TFRecord file"),
+    ],
+)
+def test_bad_input_fails_before_training(tmp_path, args, message):
+    jpeg_npz(tmp_path / "64.npz", np.zeros((3, 64, 64, 3), np.uint8))
+    (tmp_path / "bad.tfrecord").write_bytes(b"not a record file")
+    args = [
+        a.format(npz64=tmp_path / "64.npz", bad=tmp_path / "bad.tfrecord")
+        for a in args
+    ]
+    output = run_study(
+        *SMOKE, *args, f"--output={tmp_path / 'accuracy.md'}",
+        expect_returncode=1,
+    )
+    assert message in output
+    assert not (tmp_path / "accuracy").exists()
+
