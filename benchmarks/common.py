@@ -5,12 +5,13 @@ import sys
 
 import keras
 
-from keras_sgs.tfrecords import read_image_records
+from cifar import load_split
 
 
-def cifar10_images(pattern, count):
-    """`count` real images as float32 in [0, 1], and their labels."""
-    images, labels = read_image_records(pattern, count)
+def cifar10_images(source, count):
+    """`count` real training images as float32 in [0, 1], and their labels,
+    from a TFRecord glob or the compact `.npz` (see `cifar.load_split`)."""
+    images, labels = load_split(source, "train", count)
     return images.astype("float32") / 255.0, labels
 
 

@@ -1,18 +1,23 @@
 """Train-step cost of SGSWrapper against its inner optimizer and ACB branches.
 
-One process, one model architecture (a narrow CIFAR VGG-11 from
-`keras_sgs.models`), one batch of
-real CIFAR-10 images; the variants run interleaved (round-robin, several
-rounds) so that machine noise hits them alike, and the median seconds per
-step of each is compared with the inner optimizer alone:
+One process, for each of `--models` (CIFAR models of `keras_sgs.models`;
+by default a narrow VGG-11), one batch of real CIFAR-10 images; the
+variants run interleaved (round-robin, several rounds) so that machine
+noise hits them alike, and the median seconds per step of each is compared
+with the inner optimizer alone:
 
 - `SGD`: `keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4)`;
 - `SGSWrapper gradient` / `SGSWrapper update`: the same SGD wrapped, ACB mask;
+- `SGSWrapper, coupled decay`: the accuracy study's optimizer,
+  `SGSWrapper(SGD(0.1, momentum=0.9), coupled_weight_decay=5e-4)`, ACB mask;
 - `ACB branches`: every 3x3 conv-BN replaced by a `keras_sgs.reparam.ACBlock`
   (3x3 + 1x3 + 3x1 convs, each with BatchNormalization, summed: ACNet),
   trained with the plain SGD.
 
     KERAS_BACKEND=tensorflow python benchmarks/step_overhead.py
+    # the paper's shapes, e.g. on a GPU:
+    KERAS_BACKEND=jax python benchmarks/step_overhead.py \
+        --models=vgg16,resnet18 --width=1 --batch_size=128
 """
 
 import os
@@ -33,12 +38,15 @@ from common import write_table
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
     "data", "../shared/data/cifar10/train-00000-of-00008.tfrecord",
-    "TFRecords of real images (random images if the path does not exist).",
+    "Real images: TFRecords or the compact .npz (random images if the path "
+    "does not exist).",
 )
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("steps", 10, "Steps per variant per round.")
 flags.DEFINE_integer("rounds", 7, "Interleaved rounds.")
-flags.DEFINE_string("model", "vgg11", "A keras_sgs.models.build_model name.")
+flags.DEFINE_list(
+    "models", ["vgg11"], "CIFAR keras_sgs.models.build_model names."
+)
 flags.DEFINE_float("width", 0.25, "Channel multiplier of the model.")
 flags.DEFINE_string(
     "output", "benchmarks/results/step_overhead.md", "Markdown table path."
@@ -53,7 +61,7 @@ def sgd():
     return keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4)
 
 
-def variants():
+def variants(name):
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     specs = {
         "SGD": ("plain", sgd),
@@ -64,27 +72,28 @@ def variants():
             "plain",
             lambda: keras_sgs.SGSWrapper(sgd(), mode="update", masks=ACB),
         ),
+        "SGSWrapper, coupled decay": (
+            "plain",
+            lambda: keras_sgs.SGSWrapper(
+                keras.optimizers.SGD(0.1, momentum=0.9), masks=ACB,
+                coupled_weight_decay=5e-4,
+            ),
+        ),
         "ACB branches": ("acb", sgd),
     }
     models = {}
-    for name, (conv_type, make_optimizer) in specs.items():
+    for variant, (conv_type, make_optimizer) in specs.items():
         keras.utils.set_random_seed(0)
         model = keras_sgs.models.build_model(
-            FLAGS.model, 10, conv_type, width=FLAGS.width
+            name, 10, conv_type, width=FLAGS.width
         )
         model.compile(make_optimizer(), loss)
-        models[name] = model
+        models[variant] = model
     return models
 
 
-def main(_):
-    if os.path.exists(FLAGS.data):
-        images, labels = cifar10_images(FLAGS.data, FLAGS.batch_size)
-    else:
-        rng = np.random.default_rng(0)
-        images = rng.random((FLAGS.batch_size, 32, 32, 3), dtype="float32")
-        labels = rng.integers(0, 10, FLAGS.batch_size)
-    models = variants()
+def seconds_per_step(models, images, labels):
+    """`{variant: [seconds per step of each round]}`, interleaved."""
     for model in models.values():  # compile and warm up
         for _ in range(3):
             model.train_on_batch(images, labels)
@@ -96,22 +105,36 @@ def main(_):
                 loss = model.train_on_batch(images, labels)
             float(loss)
             seconds[name].append((time.perf_counter() - start) / FLAGS.steps)
-    base = statistics.median(seconds["SGD"])
+    return seconds
+
+
+def main(_):
+    source = "CIFAR-10 images"
+    if os.path.exists(FLAGS.data):
+        images, labels = cifar10_images(FLAGS.data, FLAGS.batch_size)
+    else:
+        source = f"random images ({FLAGS.data} not found)"
+        rng = np.random.default_rng(0)
+        images = rng.random((FLAGS.batch_size, 32, 32, 3), dtype="float32")
+        labels = rng.integers(0, 10, FLAGS.batch_size)
     lines = [
-        f"Backend and device: {device_description()}. CIFAR {FLAGS.model}, "
-        f"width {FLAGS.width}, "
-        f"batch {FLAGS.batch_size}, {FLAGS.rounds} interleaved rounds of "
-        f"{FLAGS.steps} steps; median seconds per step.",
+        f"Backend and device: {device_description()}; {source}. CIFAR models, width "
+        f"{FLAGS.width}, batch {FLAGS.batch_size}, {FLAGS.rounds} "
+        f"interleaved rounds of {FLAGS.steps} steps; median seconds per "
+        "step.",
         "",
-        "| variant | s/step (median) | min | max | ratio to SGD |",
-        "|---|---|---|---|---|",
+        "| model | variant | s/step (median) | min | max | ratio to SGD |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, values in seconds.items():
-        median = statistics.median(values)
-        lines.append(
-            f"| {name} | {median:.4f} | {min(values):.4f} | "
-            f"{max(values):.4f} | {median / base:.3f}x |"
-        )
+    for name in FLAGS.models:
+        seconds = seconds_per_step(variants(name), images, labels)
+        base = statistics.median(seconds["SGD"])
+        for variant, values in seconds.items():
+            median = statistics.median(values)
+            lines.append(
+                f"| {name} | {variant} | {median:.4f} | {min(values):.4f} | "
+                f"{max(values):.4f} | {median / base:.3f}x |"
+            )
     write_table(FLAGS.output, "\n".join(lines))
 
 

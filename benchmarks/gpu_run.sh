@@ -1,0 +1,47 @@
+#!/bin/bash
+# The GPU numbers of the README, in one call of at most 10 minutes on one GPU
+# with JAX and no TensorFlow (the lent H100; see BUILD.md, "Numbers from a GPU").
+#
+# Prepare here:   ../shared/tools/gpu-wheels.sh --data fast-histogram==0.14
+# Run there:      benchmarks/gpu_run.sh     (carry .whl and .gpu-data)
+#
+# 1. benchmarks/step_overhead.py at the paper's shapes (VGG-16, ResNet-18,
+#    width 1, batch 128): SGD, SGSWrapper, ACB branches side by side.
+# 2. benchmarks/mi_refresh.py: one SGS-MI refresh on 256 images, VGG-16 and
+#    ResNet-18, against the authors' estimator.
+# 3. benchmarks/accuracy.py: VGG-11, baseline and sgs_mi, 3 seeds each, all
+#    six runs at once on the one GPU, $EPOCHS epochs (default 30: 60 epochs
+#    of six runs is not expected to fit in the call).
+#
+# Tables and logs go to $OUT (the device tool's result folder; benchmarks/
+# results/gpu here when unset); the runs' JSON files in one archive.
+# Smaller settings for a local try: EPOCHS, ACCURACY_ARGS, STEP_ARGS,
+# MI_ARGS are added to the commands, DATA replaces the data file.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results/gpu}
+EPOCHS=${EPOCHS:-30}
+DATA=${DATA:-.gpu-data/cifar10_jpeg.npz}
+mkdir -p "$OUT"
+export KERAS_BACKEND=${KERAS_BACKEND:-jax} XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+if ! python3 -c "import keras" 2>/dev/null; then  # the GPU machine: no Keras
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+(nvidia-smi -L 2>/dev/null || echo "no nvidia-smi") | tee "$OUT/log.txt"
+runs=$(mktemp -d)
+{
+  time python3 benchmarks/step_overhead.py --models=vgg16,resnet18 --width=1 \
+    --batch_size=128 --data="$DATA" --output="$OUT/step_overhead.md" ${STEP_ARGS:-}
+  time python3 benchmarks/mi_refresh.py --data="$DATA" --imagenet_map=false \
+    --output="$OUT/mi_refresh.md" ${MI_ARGS:-}
+  time python3 benchmarks/accuracy.py --data="$DATA" --epochs="$EPOCHS" \
+    --methods=baseline,sgs_mi --seeds=0,1,2 --parallel=6 \
+    --output="$runs/accuracy.md" ${ACCURACY_ARGS:-}
+} 2>&1 | grep -v "^WARNING: All log messages" | tee -a "$OUT/log.txt"
+cp "$runs/accuracy.md" "$OUT/accuracy.md"
+tar -czf "$OUT/accuracy_runs.tgz" -C "$runs" accuracy
+rm -r "$runs"
+cat "$OUT/step_overhead.md" "$OUT/mi_refresh.md" "$OUT/accuracy.md"
