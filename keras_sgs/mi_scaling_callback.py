@@ -59,6 +59,21 @@ class MIScalingCallback(keras.callbacks.Callback):
     (0 when the epoch had no refresh) and the smallest and largest mask
     entry over all layers, `sgs_mask_min` and `sgs_mask_max`.
 
+    The layers are selected anew at the start of every `fit` (after a
+    recompile, or unfreezing layers for fine-tuning, the same callback
+    refreshes the newly trainable convs); a model whose variables do not
+    exist yet (a subclassed model or a `Sequential` without `Input`, before
+    its first step) is looked at again at its first refresh. A `fit` in
+    which no conv kernel is scaled (e.g. a frozen base under a `Dense`
+    head) warns once and refreshes nothing.
+
+    The mask is defined around the kernel's centre pixel, so convs without
+    one are left at their current mask (with one warning per `fit` naming
+    them): kernels with an even size along a spatial axis (2x2, 4x4) and
+    patchify convs, whose strides equal their kernel size (ConvNeXt's 4x4
+    stride-4 stem, ViT-style patch embeddings), where neighbouring windows
+    share no pixel. Name such a layer in `layers` to get an error instead.
+
     Example:
 
     ```python
@@ -74,10 +89,11 @@ class MIScalingCallback(keras.callbacks.Callback):
     ```
 
     Args:
-        data: held-out inputs: an array (or list of arrays for a
-            multi-input model), or a `tf.data.Dataset` / iterable of batches
-            (`x` or `(x, y, ...)`) from which the first `num_batches` are
-            taken once and kept.
+        data: held-out inputs in any structure the model accepts (an
+            array, a list or dict of arrays), or a `tf.data.Dataset` /
+            iterable of batches (`x` or `(x, y, ...)`, `x` any such
+            structure) from which the first `num_batches` are taken once.
+            At most the first `max_images` inputs are kept.
         every: int >= 1. Epochs between refreshes. Defaults to 1.
         warmup: int >= 0. The first epoch (0-based) that refreshes.
             Defaults to 1.
@@ -90,6 +106,10 @@ class MIScalingCallback(keras.callbacks.Callback):
             Defaults to 0.
         num_batches: int >= 1. Batches taken from an iterable `data`.
             Defaults to 2 (the authors' setting).
+        max_images: int >= 1. Held-out inputs kept (the first ones), from
+            arrays and iterables alike: one refresh runs the model on all of
+            them at once. Defaults to 512 (the authors use 2 batches of 128
+            on CIFAR, of 256 on ImageNet).
     """
 
     def __init__(
@@ -102,12 +122,14 @@ class MIScalingCallback(keras.callbacks.Callback):
         layers=None,
         verbose=0,
         num_batches=2,
+        max_images=512,
     ):
         super().__init__()
         for name, value, low in [
             ("every", every, 1),
             ("warmup", warmup, 0),
             ("num_batches", num_batches, 1),
+            ("max_images", max_images, 1),
         ]:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(
@@ -123,7 +145,7 @@ class MIScalingCallback(keras.callbacks.Callback):
                 "`layers` must be None or a non-empty list of layer names or "
                 f"layers. Received: layers={layers!r}"
             )
-        self.data = _take_batches(data, num_batches)
+        self.data = _held_out_inputs(data, num_batches, max_images)
         self.every = every
         self.warmup = warmup
         self.k = float(k)
@@ -137,11 +159,16 @@ class MIScalingCallback(keras.callbacks.Callback):
     # -- schedule -----------------------------------------------------------
 
     def on_train_begin(self, logs=None):
+        # Select the layers again: the model may have been recompiled or
+        # (un)frozen since the last `fit`.
+        self._targets = None
+        self._capture = None
         self._wrapper_and_targets()
 
     def on_epoch_begin(self, epoch, logs=None):
         seconds = 0.0
-        if epoch >= self.warmup and (epoch - self.warmup) % self.every == 0:
+        due = epoch >= self.warmup and (epoch - self.warmup) % self.every == 0
+        if due and self._wrapper_and_targets()[1] != []:
             start = time.perf_counter()
             self.refresh()
             seconds = time.perf_counter() - start
@@ -150,14 +177,16 @@ class MIScalingCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        wrapper, _ = self._wrapper_and_targets()
+        logs.update(self._epoch_logs)
+        wrapper, targets = self._wrapper_and_targets()
+        if not targets:
+            return
         masks = [
             ops.convert_to_numpy(wrapper.get_mask(kernel))
-            for _, kernel in self._targets
+            for _, kernel in targets
         ]
         logs["sgs_mask_min"] = float(min(m.min() for m in masks))
         logs["sgs_mask_max"] = float(max(m.max() for m in masks))
-        logs.update(self._epoch_logs)
 
     # -- one refresh --------------------------------------------------------
 
@@ -169,6 +198,16 @@ class MIScalingCallback(keras.callbacks.Callback):
             whose mask changed.
         """
         wrapper, targets = self._wrapper_and_targets()
+        if targets is None:
+            warnings.warn(
+                "MIScalingCallback: the model has no variables yet (it is "
+                "built by its first training step), so this refresh is "
+                "skipped; the masks stay as they are. Use warmup >= 1.",
+                stacklevel=2,
+            )
+            return {}
+        if not targets:
+            return {}
         if self._capture is None:
             self._capture = _compiled_capture(
                 self.model, [layer for layer, _ in targets]
@@ -207,6 +246,11 @@ class MIScalingCallback(keras.callbacks.Callback):
                 "keras_sgs.SGSWrapper optimizer. Received: optimizer="
                 f"{model.optimizer!r}"
             )
+        if not model.built or not model.variables:
+            # A subclassed model or an Input-less Sequential before its
+            # first step: nothing to select yet (and the optimizer must not
+            # be built on no variables).
+            return wrapper, None
         if not model.optimizer.built:
             # On TensorFlow without a strategy, fit() builds the optimizer
             # only inside the first traced step. Build the outermost one
@@ -218,13 +262,26 @@ class MIScalingCallback(keras.callbacks.Callback):
 
     def _select_targets(self, model, wrapper):
         scaled = scaled_conv_layers(model, wrapper)
-        if not scaled:
-            raise ValueError(
-                "The model has no conv layer whose kernel the SGSWrapper "
-                "scales (kernels with more than one spatial position)."
-            )
         if self.layers is None:
-            return scaled
+            centred = [(l, k) for l, k in scaled if not _no_centre(l)]
+            skipped = [l.name for l, _ in scaled if _no_centre(l)]
+            if skipped:
+                warnings.warn(
+                    f"MIScalingCallback leaves layers {skipped} at their "
+                    "current masks: their kernels have no centre pixel to "
+                    "define the mask around (an even kernel size, or "
+                    "strides equal to the kernel size).",
+                    stacklevel=3,
+                )
+            if not centred:
+                warnings.warn(
+                    "MIScalingCallback has no layer to refresh in this fit: "
+                    "no trainable conv layer of the model has its kernel "
+                    "scaled by the SGSWrapper (kernels with more than one "
+                    "spatial position, around a centre pixel).",
+                    stacklevel=3,
+                )
+            return centred
         # A layer is named by its name or given as the object itself.
         wanted = {_layer_key(item) for item in self.layers}
         targets = [
@@ -244,6 +301,14 @@ class MIScalingCallback(keras.callbacks.Callback):
                 "`layers` names layers that are not conv layers scaled by "
                 f"the model's SGSWrapper. Received: {missing}; scaled "
                 f"layers: {[layer.name for layer, _ in scaled]}"
+            )
+        uncentred = [layer.name for layer, _ in targets if _no_centre(layer)]
+        if uncentred:
+            raise ValueError(
+                "`layers` names layers whose kernels have no centre pixel "
+                "(an even kernel size, or strides equal to the kernel "
+                f"size), around which the mask is defined. Received: "
+                f"{uncentred}"
             )
         return targets
 
@@ -266,34 +331,59 @@ def _layer_key(item):
     return item if isinstance(item, str) else id(item)
 
 
-def _take_batches(data, num_batches):
-    """The held-out inputs as numpy: an array, or the first batches of an
-    iterable concatenated."""
-    if isinstance(data, np.ndarray) or (
-        isinstance(data, (list, tuple))
+def _no_centre(layer):
+    """Whether a conv layer's kernel has no centre pixel: an even size
+    along a spatial axis, or (patchify) strides equal to its size."""
+    size = tuple(layer.kernel_size)
+    return any(k % 2 == 0 for k in size) or tuple(layer.strides) == size
+
+
+def _held_out_inputs(data, num_batches, max_images):
+    """The first `max_images` held-out inputs as numpy, in the structure
+    the model takes: `data` itself if it is an array or a list / tuple /
+    dict of arrays, else the first `num_batches` batches of the iterable
+    concatenated (`x` of `(x, y, ...)` batches)."""
+
+    def is_array(x):
+        return hasattr(x, "shape") and hasattr(x, "dtype")
+
+    def first(x):
+        return ops.convert_to_numpy(x)[:max_images]
+
+    if is_array(data) or (
+        isinstance(data, (list, tuple, dict))
         and data
-        and all(isinstance(d, np.ndarray) for d in data)
+        and all(is_array(x) for x in keras.tree.flatten(data))
     ):
-        return data
-    if hasattr(data, "shape") and hasattr(data, "dtype"):
-        return ops.convert_to_numpy(data)
-    if not hasattr(data, "__iter__"):
+        inputs = keras.tree.map_structure(first, data)
+    elif not hasattr(data, "__iter__") or isinstance(data, (str, bytes, dict)):
         raise TypeError(
-            "`data` must be an array or a dataset / iterable of batches. "
-            f"Received: data of type {type(data).__name__}"
+            "`data` must be an array, a list or dict of arrays, or a dataset "
+            "/ iterable of batches. Received: data of type "
+            f"{type(data).__name__}"
         )
-    batches = []
-    for batch in data:
-        if isinstance(batch, (tuple, list)):
-            batch = batch[0]
-        batches.append(keras.tree.map_structure(ops.convert_to_numpy, batch))
-        if len(batches) == num_batches:
-            break
-    if not batches:
-        raise ValueError("`data` is empty. Received: an iterable with no batch")
-    return keras.tree.map_structure(
-        lambda *xs: np.concatenate(xs), *batches
-    )
+    else:
+        batches = []
+        for batch in data:
+            if isinstance(batch, tuple):
+                batch = batch[0]
+            batches.append(keras.tree.map_structure(ops.convert_to_numpy, batch))
+            if len(batches) == num_batches:
+                break
+        if not batches:
+            raise ValueError(
+                "`data` is empty. Received: an iterable with no batch"
+            )
+        inputs = keras.tree.map_structure(
+            lambda *xs: np.concatenate(xs)[:max_images], *batches
+        )
+    sizes = {len(x) for x in keras.tree.flatten(inputs)}
+    if 0 in sizes:
+        raise ValueError(
+            "`data` holds no held-out input. Received: arrays of "
+            f"{sorted(sizes)} rows"
+        )
+    return inputs
 
 
 def _mean_over_workers(model, masks):

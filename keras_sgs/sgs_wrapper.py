@@ -130,7 +130,8 @@ class SGSWrapper(keras.optimizers.Optimizer):
       (nearly) cancels, and a warning says so.
     - `"update"`: the inner optimizer steps as usual, then the step it took
       on each scaled kernel is masked, `W <- W_old + S * (W_new - W_old)`,
-      which is how branched training scales Adam-like updates. Decoupled
+      which is how branched training scales Adam-like updates (a position
+      whose mask is 0 stays exactly where it was). Decoupled
       weight decay is taken out of the masked part and applied unscaled,
       as each branch would decay by itself; constraints are applied again
       after masking. Not available with `gradient_accumulation_steps` or
@@ -461,7 +462,11 @@ class SGSWrapper(keras.optimizers.Optimizer):
                 decayed = old - old * wd * lr
             value = ops.convert_to_tensor(variable)
             mask = ops.cast(mask, variable.dtype)
-            value = value + (mask - 1) * (value - decayed)
+            # Where the mask is 0 the result is `decayed` exactly, where it
+            # is 1 the inner optimizer's value exactly.
+            value = ops.where(
+                mask == 1, value, decayed + mask * (value - decayed)
+            )
             if variable.constraint is not None:
                 value = variable.constraint(value)
             new_values.append(value)

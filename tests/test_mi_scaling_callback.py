@@ -238,6 +238,112 @@ def test_backup_and_restore_resumes_masks_and_schedule(cifar10_train, tmp_path):
     assert refreshed == [False, True]  # epochs 2 and 3: 3 = 1 + 2
 
 
+class LazySubclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.c1 = keras.layers.Conv2D(8, 3, padding="same", name="c1")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.head = keras.layers.Dense(10)
+
+    def call(self, x):
+        return self.head(self.pool(self.c1(x)))
+
+
+def _lazy_sequential():
+    return keras.Sequential([
+        keras.layers.Conv2D(8, 3, padding="same", name="c1"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(10),
+    ])
+
+
+@pytest.mark.parametrize("make", [LazySubclassed, _lazy_sequential])
+def test_models_without_variables_before_fit(make, cifar10_train):
+    """No call before `fit`: the variables appear in the first step."""
+    images, labels = cifar10_train
+    model = compile_sgs(make())
+    callback = keras_sgs.MIScalingCallback(images[:32], warmup=1)
+    history = model.fit(images[:32], labels[:32], epochs=2, verbose=0,
+                        callbacks=[callback])
+    assert history.history["sgs_refresh_seconds"][1] > 0
+    np.testing.assert_allclose(
+        mask_of(model, "c1"), expected_mask(images[:32]), atol=1e-5
+    )
+    # The optimizer was not built on an empty variable list.
+    model.fit(images[:32], labels[:32], epochs=1, verbose=0)
+
+
+def test_transfer_learning_with_one_callback(cifar10_train):
+    """The Keras transfer-learning guide: a frozen base under a new head,
+    then the base unfrozen, recompiled and fine-tuned."""
+    images, labels = cifar10_train
+    base = keras.Sequential([
+        keras.Input((32, 32, 3)),
+        keras.layers.Conv2D(8, 3, padding="same", name="c1"),
+        keras.layers.GlobalAveragePooling2D(),
+    ], name="base")
+    base.trainable = False
+    model = keras.Sequential([base, keras.layers.Dense(10)])
+    callback = keras_sgs.MIScalingCallback(images[:32])
+    compile_sgs(model)
+    with pytest.warns(UserWarning, match="no layer to refresh"):
+        history = model.fit(images[:32], labels[:32], epochs=2, verbose=0,
+                            callbacks=[callback])
+    assert history.history["sgs_refresh_seconds"] == [0.0, 0.0]
+    base.trainable = True
+    compile_sgs(model)
+    history = model.fit(images[:32], labels[:32], epochs=2, verbose=0,
+                        callbacks=[callback])
+    assert history.history["sgs_refresh_seconds"][1] > 0
+    np.testing.assert_allclose(
+        mask_of(model, "c1"), expected_mask(images[:32]), atol=1e-5
+    )
+
+
+def test_held_out_dict_and_max_images(cifar10_train):
+    images, labels = cifar10_train
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    model = compile_sgs(keras.Model({"image": inputs}, outputs))
+    callback = keras_sgs.MIScalingCallback({"image": images}, max_images=40)
+    assert callback.data["image"].shape == (40, 32, 32, 3)
+    model.fit({"image": images[:32]}, labels[:32], epochs=2, verbose=0,
+              callbacks=[callback])
+    np.testing.assert_allclose(
+        mask_of(model, "c1"), expected_mask(images[:40]), atol=1e-5
+    )
+    # Arrays are cut to max_images (default 512), and so are batches.
+    big = np.zeros((600, 4, 4, 3), "float32")
+    assert keras_sgs.MIScalingCallback(big).data.shape[0] == 512
+    batches = [(big[:300], None), (big[300:], None)]
+    assert keras_sgs.MIScalingCallback(
+        iter(batches), max_images=320
+    ).data.shape[0] == 320
+
+
+def test_kernels_without_centre_are_left_alone(cifar10_train):
+    images, labels = cifar10_train
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 4, strides=4, name="patchify4")(inputs)
+    x = keras.layers.Conv2D(8, 2, padding="same", name="even2")(x)
+    x = keras.layers.Conv2D(8, 3, strides=3, name="patchify3")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(x)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    model = compile_sgs(keras.Model(inputs, outputs))
+    callback = keras_sgs.MIScalingCallback(images[:32], warmup=0)
+    with pytest.warns(UserWarning, match="'patchify4', 'even2', 'patchify3'"):
+        model.fit(images[:32], labels[:32], epochs=1, verbose=0,
+                  callbacks=[callback])
+    for name in ("patchify4", "even2", "patchify3"):
+        np.testing.assert_array_equal(mask_of(model, name), 1.0)
+    assert not np.allclose(mask_of(model, "c1"), 1.0)
+    with pytest.raises(ValueError, match=r"no centre pixel.*\['even2'\]"):
+        model.fit(images[:32], labels[:32], epochs=1, verbose=0, callbacks=[
+            keras_sgs.MIScalingCallback(images[:32], layers=["c1", "even2"])
+        ])
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
@@ -247,6 +353,9 @@ def test_backup_and_restore_resumes_masks_and_schedule(cifar10_train, tmp_path):
         ({"layers": "c1"}, ValueError, "layers='c1'"),
         ({"data": 3}, TypeError, "int"),
         ({"data": iter([])}, ValueError, "empty"),
+        ({"data": np.zeros((0, 32, 32, 3))}, ValueError, "no held-out input"),
+        ({"data": {"image": np.zeros((0, 8, 8, 3))}}, ValueError, "no held-out"),
+        ({"max_images": 0}, ValueError, "max_images=0"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

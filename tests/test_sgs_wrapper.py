@@ -341,6 +341,21 @@ def test_update_mode_equals_gradient_mode_for_plain_sgd():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_update_mode_keeps_zero_mask_positions_exactly():
+    model, variables, start, steps = random_problem(8, 20)
+    mask = np.array([[1.0, 0.0, 2.0], [0.0, 3.0, 1.0], [0.5, 1.0, 0.0]])
+    optimizer = keras_sgs.SGSWrapper(
+        keras.optimizers.Adam(0.5), mode="update", masks={"conv2d": mask}
+    )
+    trajectory(optimizer, variables, start, steps)
+    kernel = model.get_layer("conv2d").kernel
+    index = [v.path for v in variables].index(kernel.path)
+    after = keras.ops.convert_to_numpy(kernel)
+    frozen = mask == 0
+    np.testing.assert_array_equal(after[frozen], start[index][frozen])
+    assert np.all(after[~frozen] != start[index][~frozen])
+
+
 def test_gradient_mode_warns_for_adaptive_optimizers():
     with pytest.warns(UserWarning, match="mode='update'"):
         keras_sgs.SGSWrapper(keras.optimizers.Adam())

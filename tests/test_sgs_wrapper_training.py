@@ -249,3 +249,26 @@ def test_mirrored_strategy_matches_one_device(
         results.append([keras.ops.convert_to_numpy(v) for v in model.weights])
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@tensorflow_only
+def test_update_mode_zero_mask_under_mirrored_strategy(
+    cifar10_train, mirrored_strategy
+):
+    images, labels = cifar10_train
+    with mirrored_strategy.scope():
+        model = small_model(batch_norm=False)
+        model.compile(
+            keras_sgs.SGSWrapper(
+                keras.optimizers.Adam(0.5), mode="update",
+                masks={"c1": [[1, 0, 1], [0, 2, 0], [1, 0, 1]]},
+            ),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    kernel = model.get_layer("c1").kernel
+    before = keras.ops.convert_to_numpy(kernel).copy()
+    model.fit(images[:64], labels[:64], batch_size=16, epochs=2, verbose=0)
+    after = keras.ops.convert_to_numpy(kernel)
+    frozen = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], bool)
+    np.testing.assert_array_equal(after[frozen], before[frozen])
+    assert not np.allclose(after[~frozen], before[~frozen])
