@@ -193,12 +193,8 @@ def load(split, source, limit):
 
 def train_run(job):
     """Trains and evaluates one method with one seed; writes and returns the
-    run's results (a dict)."""
-    import keras
-
-    import cifar
-    import keras_sgs
-
+    run's results (a dict). The JSON file is written after every epoch too
+    (`"finished": false`), so that a run cut short leaves its progress."""
     start = time.perf_counter()
     keras.utils.set_random_seed(job["seed"])
     data = {
@@ -232,14 +228,6 @@ def train_run(job):
             held_out, every=job["refresh_every"], warmup=job["refresh_warmup"],
             k=job["mi_k"],
         ))
-    timer = EpochTimer()
-    callbacks.append(timer)  # after the refresh: epoch times leave it out
-    history = model.fit(
-        data["train_images"], data["train_labels"],
-        batch_size=job["batch_size"], epochs=job["epochs"], shuffle=True,
-        callbacks=callbacks, verbose=job["verbose"],
-    ).history
-    test = (data["test_images"], data["test_labels"])
     results = {
         "model": job["model"],
         "method": method,
@@ -249,16 +237,17 @@ def train_run(job):
         "train_images": len(data["train_labels"]),
         "test_images": len(data["test_labels"]),
         "device": device_description(),
-        "test_top1": evaluate(model, *test),
-        "train_loss": [float(v) for v in history["loss"]],
-        "train_top1": [float(v) for v in history["accuracy"]],
-        "epoch_seconds": timer.seconds,
-        "seconds_per_epoch": statistics.median(timer.seconds),
-        # Each refresh's seconds, in order; the first one compiles.
-        "mi_refresh_seconds": [
-            float(s) for s in history.get("sgs_refresh_seconds", []) if s
-        ],
+        "finished": False,
     }
+    run_log = RunLog(results, job["json_path"])
+    callbacks.append(run_log)  # after the refresh: epoch times leave it out
+    model.fit(
+        data["train_images"], data["train_labels"],
+        batch_size=job["batch_size"], epochs=job["epochs"], shuffle=True,
+        callbacks=callbacks, verbose=job["verbose"],
+    )
+    test = (data["test_images"], data["test_labels"])
+    results["test_top1"] = evaluate(model, *test)
     if method in CONV_TYPES:
         fused = cifar.inference_model(keras_sgs.reparam.fuse_model(backbone))
         compile_for_accuracy(fused, "sgd")
@@ -268,9 +257,15 @@ def train_run(job):
             name: mask.tolist() for name, mask in model_masks(model).items()
         }
     results["wall_seconds"] = time.perf_counter() - start
-    with open(job["json_path"], "w") as f:
-        json.dump(results, f, indent=1)
+    results["finished"] = True
+    write_json(results, job["json_path"])
     return results
+
+
+def write_json(results, path):
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def compile_for_accuracy(model, optimizer):
@@ -310,18 +305,31 @@ def device_description():
     return f"{backend}, {device}"
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Seconds of each epoch, from its start to its end."""
+class RunLog(keras.callbacks.Callback):
+    """Adds each epoch's seconds (start to end), loss, accuracy and MI
+    refresh seconds to `results` and writes them to `path`."""
 
-    def __init__(self):
+    def __init__(self, results, path):
         super().__init__()
-        self.seconds = []
+        self.results = results
+        self.path = path
+        for key in ("train_loss", "train_top1", "epoch_seconds",
+                    "mi_refresh_seconds"):
+            results[key] = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
+        r = self.results
+        r["epoch_seconds"].append(time.perf_counter() - self._start)
+        r["seconds_per_epoch"] = statistics.median(r["epoch_seconds"])
+        r["train_loss"].append(float(logs["loss"]))
+        r["train_top1"].append(float(logs["accuracy"]))
+        # Each refresh's seconds, in order; the first one compiles.
+        if logs.get("sgs_refresh_seconds"):
+            r["mi_refresh_seconds"].append(float(logs["sgs_refresh_seconds"]))
+        write_json(r, self.path)
 
 
 # -- the table ------------------------------------------------------------------

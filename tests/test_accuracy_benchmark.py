@@ -213,3 +213,24 @@ def test_gpu_script_runs_without_tensorflow(tmp_path):
         names = set(archive.getnames())
     assert "accuracy/vgg11_sgs_mi_seed0.json" in names
     assert "TensorFlow is not installed here" not in (out / "log.txt").read_text()
+
+
+def test_a_run_writes_its_progress_every_epoch(tmp_path):
+    import accuracy
+
+    rng = np.random.default_rng(4)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    path = str(tmp_path / "run.json")
+    written = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            with open(path) as f:
+                written.append(json.load(f))
+
+    run_log = accuracy.RunLog({"method": "baseline", "finished": False}, path)
+    model.fit(rng.random((32, 4)), rng.integers(0, 3, 32), epochs=2,
+              verbose=0, callbacks=[run_log, Spy()])
+    assert [len(w["train_loss"]) for w in written] == [1, 2]
+    assert not written[-1]["finished"] and written[-1]["seconds_per_epoch"] > 0
