@@ -263,8 +263,8 @@ class MIScalingCallback(keras.callbacks.Callback):
     def _select_targets(self, model, wrapper):
         scaled = scaled_conv_layers(model, wrapper)
         if self.layers is None:
-            centred = [(l, k) for l, k in scaled if not _no_centre(l)]
-            skipped = [l.name for l, _ in scaled if _no_centre(l)]
+            centred = [(lyr, k) for lyr, k in scaled if not _no_centre(lyr)]
+            skipped = [lyr.name for lyr, _ in scaled if _no_centre(lyr)]
             if skipped:
                 warnings.warn(
                     f"MIScalingCallback leaves layers {skipped} at their "
@@ -367,7 +367,9 @@ def _held_out_inputs(data, num_batches, max_images):
         for batch in data:
             if isinstance(batch, tuple):
                 batch = batch[0]
-            batches.append(keras.tree.map_structure(ops.convert_to_numpy, batch))
+            batches.append(
+                keras.tree.map_structure(ops.convert_to_numpy, batch)
+            )
             if len(batches) == num_batches:
                 break
         if not batches:
