@@ -1,5 +1,6 @@
 """`MIScalingCallback`: learn each conv layer's SGS mask from data."""
 
+import math
 import time
 import warnings
 
@@ -8,6 +9,8 @@ import numpy as np
 from keras import ops
 from keras.src.utils import io_utils
 
+from keras_sgs._numbers import is_int
+from keras_sgs._numbers import is_real
 from keras_sgs.conv_kernels import spatial_kernels
 from keras_sgs.mutual_info import dependence_to_scaling
 from keras_sgs.mutual_info import spatial_dependence
@@ -131,12 +134,12 @@ class MIScalingCallback(keras.callbacks.Callback):
             ("num_batches", num_batches, 1),
             ("max_images", max_images, 1),
         ]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            if not is_int(value) or value < low:
                 raise ValueError(
                     f"`{name}` must be an int >= {low}. Received: "
                     f"{name}={value!r}"
                 )
-        if not isinstance(k, (int, float)) or not k > 0:
+        if not is_real(k) or not (k > 0 and math.isfinite(k)):
             raise ValueError(f"`k` must be a positive number. Received: k={k!r}")
         if layers is not None and (
             isinstance(layers, (str, keras.layers.Layer)) or not layers
@@ -145,9 +148,9 @@ class MIScalingCallback(keras.callbacks.Callback):
                 "`layers` must be None or a non-empty list of layer names or "
                 f"layers. Received: layers={layers!r}"
             )
-        self.data = _held_out_inputs(data, num_batches, max_images)
-        self.every = every
-        self.warmup = warmup
+        self.data = _held_out_inputs(data, num_batches, int(max_images))
+        self.every = int(every)
+        self.warmup = int(warmup)
         self.k = float(k)
         self.diagonal_removal = bool(diagonal_removal)
         self.layers = layers
@@ -219,11 +222,12 @@ class MIScalingCallback(keras.callbacks.Callback):
         ]
         estimates = _mean_over_workers(self.model, estimates)
         updated = {}
-        for (layer, kernel), mask in zip(targets, estimates):
+        for (layer, kernel), mask, fmap in zip(targets, estimates, feature_maps):
             if not np.all(np.isfinite(mask)):
                 warnings.warn(
                     f"MIScalingCallback: the estimate for layer "
-                    f"'{layer.name}' is not finite ({mask.tolist()}); the "
+                    f"'{layer.name}' is undefined ("
+                    f"{_why_undefined(layer, fmap, self.diagonal_removal)}); the "
                     "layer keeps its previous mask.",
                     stacklevel=2,
                 )
@@ -331,6 +335,28 @@ def _layer_key(item):
     return item if isinstance(item, str) else id(item)
 
 
+def _why_undefined(layer, fmap, diagonal_removal):
+    """Why no channel of a layer's input gives an estimate, in words."""
+    x = ops.convert_to_numpy(fmap)
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        x = np.moveaxis(x, 1, -1)
+    x = x.reshape(-1, x.shape[-1]).astype("float64")
+    finite = np.isfinite(x)
+    non_finite = int(np.sum(~finite.all(axis=0)))
+    x = np.where(finite, x, 0.0)
+    constant = int(np.sum(finite.all(axis=0) & (np.ptp(x, axis=0) == 0)))
+    reasons = []
+    if non_finite:
+        reasons.append(
+            f"{non_finite} of {x.shape[1]} input channels hold NaN or inf"
+        )
+    if constant:
+        reasons.append(f"{constant} of {x.shape[1]} input channels are constant")
+    if diagonal_removal and not reasons:
+        reasons.append("diagonal removal leaves no pair of non-zero values")
+    return "; ".join(reasons) or "no channel gives an estimate"
+
+
 def _no_centre(layer):
     """Whether a conv layer's kernel has no centre pixel: an even size
     along a spatial axis, or (patchify) strides equal to its size."""
@@ -379,7 +405,17 @@ def _held_out_inputs(data, num_batches, max_images):
         inputs = keras.tree.map_structure(
             lambda *xs: np.concatenate(xs)[:max_images], *batches
         )
-    sizes = {len(x) for x in keras.tree.flatten(inputs)}
+    arrays = keras.tree.flatten(inputs)
+    for x in arrays:
+        if x.ndim < 2 or not (
+            np.issubdtype(x.dtype, np.number) or x.dtype == bool
+        ):
+            raise ValueError(
+                "`data` must hold batches of numeric inputs (at least 2 "
+                "axes: examples first). Received: an array of shape "
+                f"{x.shape} and dtype {x.dtype}"
+            )
+    sizes = {len(x) for x in arrays}
     if 0 in sizes:
         raise ValueError(
             "`data` holds no held-out input. Received: arrays of "

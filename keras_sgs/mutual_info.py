@@ -23,12 +23,17 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_sgs._numbers import is_int
+from keras_sgs._numbers import is_real
+
 PADDINGS = ("same", "valid", "causal")
 # Chunk size: about this many bytes of working memory per (displacement,
 # pixel, channel) keeps the peak extra memory, compilation included, under
 # twice the map (benchmarks/mi_refresh.py measures it on an ImageNet-sized
 # map).
 _BYTES_PER_PAIR = 20
+# `D` of a channel without any pair left (diagonal removal); `D` >= 0.
+_NO_PAIR = -1.0
 
 
 def spatial_dependence(
@@ -64,6 +69,15 @@ def spatial_dependence(
     the authors' code, a channel with no pair left or a NaN estimate counts
     as `D = 0`.
 
+    Non-finite and degenerate input, on every backend: a channel holding a
+    NaN or an infinity (e.g. after a diverged step) is left out of the
+    average, as a constant channel is. A displacement whose estimate rests
+    on no channel (every channel constant or non-finite: a dead layer, an
+    all-NaN map) or on no pair (diagonal removal leaving nothing in any
+    channel's histogram) has
+    `D = NaN`: the estimate is undefined, and `MIScalingCallback` keeps
+    the layer's previous mask.
+
     Example:
 
     ```python
@@ -93,14 +107,35 @@ def spatial_dependence(
             "channels) with 1 to 3 spatial axes and a static shape. "
             f"Received: feature_map with shape {shape}"
         )
+    if shape[0] == 0 or shape[-1] == 0:
+        raise ValueError(
+            "`feature_map` must hold at least one example and one channel. "
+            f"Received: feature_map with shape {shape}"
+        )
     kernel_size = _int_tuple("kernel_size", kernel_size, rank)
     dilation_rate = _int_tuple("dilation_rate", dilation_rate, rank)
+    if all(s == 1 for s in kernel_size):
+        raise ValueError(
+            "`kernel_size` must have more than one position (a 1x1 kernel "
+            f"has no neighbour to measure). Received: kernel_size="
+            f"{kernel_size}"
+        )
     if padding not in PADDINGS or (padding == "causal" and rank != 1):
         raise ValueError(
             f"`padding` must be one of {PADDINGS} ('causal' for 1-D maps "
             f"only). Received: padding={padding!r}"
         )
-    if not (isinstance(k, (int, float)) and k > 0 and math.isfinite(k)):
+    if padding == "valid" and any(
+        n < (s - 1) * r + 1
+        for n, s, r in zip(shape[1:-1], kernel_size, dilation_rate)
+    ):
+        raise ValueError(
+            "With padding='valid' the map must be at least as large as the "
+            f"(dilated) kernel window. Received: feature_map with shape "
+            f"{shape}, kernel_size={kernel_size}, dilation_rate="
+            f"{dilation_rate}"
+        )
+    if not (is_real(k) and k > 0 and math.isfinite(k)):
         raise ValueError(f"`k` must be a positive number. Received: k={k!r}")
     fn = _compiled(
         shape,
@@ -136,15 +171,20 @@ def dependence_to_scaling(dependence):
 
 
 def _int_tuple(name, value, rank):
-    values = (value,) * rank if isinstance(value, int) else tuple(value)
-    if len(values) != rank or not all(
-        isinstance(v, int) and v >= 1 for v in values
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive int or a tuple of {rank} positive "
-            f"ints (one per spatial axis). Received: {name}={value!r}"
-        )
-    return values
+    error = ValueError(
+        f"`{name}` must be a positive int or a tuple of {rank} positive "
+        f"ints (one per spatial axis). Received: {name}={value!r}"
+    )
+    if is_int(value):
+        values = (value,) * rank
+    else:
+        try:
+            values = tuple(value)
+        except TypeError:
+            raise error from None
+    if len(values) != rank or not all(is_int(v) and v >= 1 for v in values):
+        raise error
+    return tuple(int(v) for v in values)
 
 
 def _displacements(kernel_size, dilation_rate):
@@ -188,7 +228,7 @@ def _compiled(shape, dtype, kernel_size, k, padding, dilation_rate, diagonal_rem
             k,
             diagonal_removal,
         )  # (displacements, channels)
-        mean = _nanmean(per_displacement, axis=1)
+        mean = _mean_over_channels(per_displacement)
         # Scatter each displacement's value to its window positions.
         which = np.full(kernel_size, len(plan), dtype="int32")  # centre
         for i, (_, indices) in enumerate(plan):
@@ -289,8 +329,12 @@ def _dependence_per_displacement(feature_map, displacements, pads, k, diagonal_r
         return ops.stack([ops.stack(low), ops.stack(high)])
 
     def cells(xc):
-        """Histogram cell of every pair (`dump` for the pairs not kept) and
-        the number of pairs kept, `(D, chunk)`."""
+        """Histogram cell of every pair (`dump` for the pairs not kept),
+        the number of pairs kept, `(D, chunk)`, and whether each channel
+        is finite, `(chunk,)` (non-finite values are binned as 0)."""
+        finite = ops.isfinite(xc)
+        finite_channel = ops.all(ops.reshape(finite, (chunk, -1)), axis=1)
+        xc = ops.where(finite, xc, 0.0)
         ys = neighbours(xc)
         if diagonal_removal:
             keep = ops.logical_and(
@@ -312,7 +356,7 @@ def _dependence_per_displacement(feature_map, displacements, pads, k, diagonal_r
         offset = ops.arange(num_d * chunk, dtype="int32") * max_bins**2
         offset = ops.reshape(offset, (num_d, chunk) + (1,) * (1 + len(spatial)))
         ids = ops.where(keep, ix * max_bins + iy + offset, dump)
-        return ops.reshape(ids, (-1,)), count
+        return ops.reshape(ids, (-1,)), count, finite_channel
 
     def dependence(counts, count):
         """`D` from the joint histograms `(D, chunk, bins, bins)`."""
@@ -328,16 +372,32 @@ def _dependence_per_displacement(feature_map, displacements, pads, k, diagonal_r
     cells, dependence = _fused(cells), _fused(dependence)
 
     def chunk_dependence(start):
-        ids, count = cells(channel_chunk(start))
+        """`D` of a chunk's channels, NaN for those holding a non-finite
+        value and `_NO_PAIR` for those whose histogram is empty (diagonal
+        removal left no pair)."""
+        ids, count, finite_channel = cells(channel_chunk(start))
         counts = _count(ids, dump + 1)[:-1]
         counts = ops.reshape(counts, (num_d, chunk, max_bins, max_bins))
-        return dependence(counts, count)
+        d = dependence(counts, count)
+        d = ops.where(ops.sum(counts, axis=(2, 3)) == 0, _NO_PAIR, d)
+        return ops.where(finite_channel[None, :], d, np.nan)
 
     d = ops.map(chunk_dependence, ops.convert_to_tensor(starts, "int32"))
     d = ops.reshape(ops.moveaxis(d, 1, 0), (num_d, -1))  # (D, chunks * chunk)
     # Each channel from the first chunk that holds it.
     first = np.searchsorted(starts, np.arange(channels), side="right") - 1
     return ops.take(d, first * chunk + np.arange(channels) - starts[first], axis=1)
+
+
+def _mean_over_channels(d):
+    """The mean of `D` `(displacements, channels)` over the channels that
+    give an estimate: NaN (non-finite or constant) channels are left out,
+    `_NO_PAIR` ones count as 0 (the authors' rule), and a displacement with
+    no channel giving an estimate is NaN."""
+    estimated = ops.greater_equal(d, 0.0)  # False for NaN and _NO_PAIR
+    defined = ops.any(estimated, axis=1)
+    mean = _nanmean(ops.where(ops.equal(d, _NO_PAIR), 0.0, d), axis=1)
+    return ops.where(defined, mean, np.nan)
 
 
 def _pair_slices(displacement, spatial):

@@ -2,7 +2,6 @@
 
 import contextlib
 import math
-import numbers
 import warnings
 
 import keras
@@ -11,6 +10,7 @@ from keras import ops
 from keras.src.utils import tracking
 
 from keras_sgs import masks as masks_lib
+from keras_sgs._numbers import is_real
 from keras_sgs.conv_kernels import conv_kernel_owners
 
 MODES = ("gradient", "update")
@@ -49,6 +49,22 @@ def _eager_variable_creation():
 
         return tf.init_scope()
     return contextlib.nullcontext()
+
+
+def _inside_traced_function(value):
+    """Whether this runs inside `tf.function` or with a JAX tracer."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.inside_function()
+    if backend == "jax":
+        import jax
+
+        return any(
+            isinstance(x, jax.core.Tracer) for x in keras.tree.flatten(value)
+        )
+    return False
 
 
 def _initial_masks_from_argument(masks):
@@ -360,6 +376,13 @@ class SGSWrapper(keras.optimizers.Optimizer):
             value: array-like of shape `variable.shape[:-2]` or that shape
                 followed by `(1, 1)`; finite and non-negative.
         """
+        if _inside_traced_function(value):
+            raise RuntimeError(
+                "SGSWrapper.set_mask() was called inside a traced function "
+                "(a train step under tf.function / jax.jit). Call it between "
+                "steps instead, e.g. from a callback's on_epoch_begin or "
+                "on_batch_begin."
+            )
         mask = self.get_mask(variable)
         if mask is None:
             raise ValueError(
@@ -584,12 +607,7 @@ def _check_coupled_weight_decay(value):
     """Returns `value` as a float >= 0, or `None`."""
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value < 0
-    ):
+    if not is_real(value) or not math.isfinite(value) or value < 0:
         raise ValueError(
             "`coupled_weight_decay` must be a finite number >= 0 or None. "
             f"Received: coupled_weight_decay={value!r}"

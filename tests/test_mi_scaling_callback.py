@@ -166,12 +166,54 @@ def test_non_finite_estimate_keeps_previous_mask(cifar10_train):
     previous = np.full((3, 3), 0.5)
     model.optimizer.set_mask(find_layer(model, "c2").kernel, previous)
     callback = keras_sgs.MIScalingCallback(images[:32], warmup=0)
-    with pytest.warns(UserWarning, match="'c2'.*keeps its previous mask"):
+    with pytest.warns(
+        UserWarning, match="'c2' is undefined.*8 of 8 input channels are "
+        "constant.*keeps its previous mask"
+    ):
         model.fit(images[:32], labels[:32], epochs=1, verbose=0,
                   callbacks=[callback])
     np.testing.assert_array_equal(mask_of(model, "c2"), previous)
     assert np.all(np.isfinite(mask_of(model, "c1")))
     assert not np.allclose(mask_of(model, "c1"), 1.0)
+
+
+class _NaNIntoKernel(keras.callbacks.Callback):
+    """Puts a NaN into a kernel after the first epoch (a diverged step) and
+    records the masks at each epoch's end."""
+
+    def __init__(self, layer_name):
+        super().__init__()
+        self.layer_name = layer_name
+        self.masks = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.masks.append(mask_of(self.model, "c2"))
+        if epoch == 0:
+            kernel = find_layer(self.model, self.layer_name).kernel
+            value = keras.ops.convert_to_numpy(kernel).copy()
+            value[1, 1, 0, 0] = np.nan
+            kernel.assign(value)
+
+
+def test_nan_injected_into_a_kernel_during_fit(cifar10_train):
+    images, labels = cifar10_train
+    inputs = keras.Input((32, 32, 3))
+    # No ReLU between the convs: relu(NaN) is 0 on some backends.
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = compile_sgs(keras.Model(inputs, keras.layers.Dense(10)(x)))
+    injector = _NaNIntoKernel("c1")
+    callback = keras_sgs.MIScalingCallback(images[:32], warmup=1)
+    with pytest.warns(UserWarning, match="undefined.*hold NaN or inf.*keeps"):
+        model.fit(images[:32], labels[:32], epochs=3, verbose=0,
+                  callbacks=[callback, injector])
+    first, second, third = injector.masks
+    np.testing.assert_array_equal(first, 1.0)  # warm-up
+    # Epoch 2: one of c2's input channels is NaN and is left out.
+    assert np.all(np.isfinite(second)) and not np.allclose(second, 1.0)
+    # Epoch 3: the whole model is NaN, the mask stays as it was.
+    np.testing.assert_array_equal(third, second)
 
 
 def test_mixed_float16_and_layers_argument(cifar10_train):
@@ -356,12 +398,26 @@ def test_kernels_without_centre_are_left_alone(cifar10_train):
         ({"data": np.zeros((0, 32, 32, 3))}, ValueError, "no held-out input"),
         ({"data": {"image": np.zeros((0, 8, 8, 3))}}, ValueError, "no held-out"),
         ({"max_images": 0}, ValueError, "max_images=0"),
+        ({"data": np.array(["a", "b"])}, ValueError, "numeric"),
+        ({"data": np.zeros(5)}, ValueError, r"shape \(5,\)"),
+        ({"every": 2.0}, ValueError, "every=2.0"),
+        ({"k": float("nan")}, ValueError, "k=nan"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
     kwargs = {"data": np.zeros((2, 32, 32, 3), "float32"), **kwargs}
     with pytest.raises(error, match=match):
         keras_sgs.MIScalingCallback(**kwargs)
+
+
+def test_numpy_scalar_arguments(cifar10_train):
+    images, _ = cifar10_train
+    callback = keras_sgs.MIScalingCallback(
+        images[:8], every=np.int64(5), warmup=np.int32(1), k=np.float32(5),
+        num_batches=np.int64(2), max_images=np.int64(4),
+    )
+    assert (callback.every, callback.warmup, callback.k) == (5, 1, 5.0)
+    assert callback.data.shape[0] == 4
 
 
 def test_misuse_in_fit(cifar10_train):

@@ -11,14 +11,15 @@ import keras_sgs
 
 
 def reference_nmik(x, y, k, diagonal_removal):
-    """One channel, one displacement: the sharpened NMI, in float64."""
+    """One channel, one displacement: the sharpened NMI, in float64; `None`
+    when diagonal removal leaves the histogram empty."""
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     if diagonal_removal:
         keep = (x != 0) & (y != 0)
         x, y = x[keep], y[keep]
         if len(x) == 0:
-            return 0.0
+            return None
     bins = int(1 + np.ceil(np.log2(len(x))))
 
     def index(v):
@@ -29,6 +30,8 @@ def reference_nmik(x, y, k, diagonal_removal):
     np.add.at(joint, (index(x), index(y)), 1)
     if diagonal_removal:
         joint[np.arange(bins), np.arange(bins)] = 0
+        if joint.sum() == 0:
+            return None
 
     def entropy(c):
         c = c[c > 0]
@@ -75,6 +78,9 @@ def reference_dependence(
         neighbour = (slice(None),) + tuple(
             slice(max(0, o), n - max(0, -o)) for o, n in zip(offset, spatial)
         )
+        # A channel with a non-finite value is left out (NaN); one whose
+        # histogram diagonal removal leaves empty counts as 0 (the
+        # authors), unless no channel gives an estimate at all.
         values = [
             reference_nmik(
                 fmap[centre + (c,)].ravel(),
@@ -82,9 +88,17 @@ def reference_dependence(
                 k,
                 diagonal_removal,
             )
+            if np.all(np.isfinite(fmap[..., c]))
+            else np.nan
             for c in range(fmap.shape[-1])
         ]
-        result[index] = np.nanmean(values)
+        if all(v is None or np.isnan(v) for v in values):
+            result[index] = np.nan
+        else:
+            with np.errstate(invalid="ignore"):
+                result[index] = np.nanmean(
+                    [0.0 if v is None else v for v in values]
+                )
     return result
 
 
@@ -166,6 +180,48 @@ def test_constant_and_zero_channels():
     assert np.isnan(d[0, 0]) and d[1, 1] == 1.0
 
 
+def _relu_map(seed=2, shape=(4, 8, 8, 5)):
+    rng = np.random.default_rng(seed)
+    return np.maximum(rng.normal(size=shape), 0.0).astype("float32")
+
+
+def _with(fmap, index, value):
+    fmap = fmap.copy()
+    fmap[index] = value
+    return fmap
+
+
+@pytest.mark.parametrize("diagonal_removal", [False, True])
+@pytest.mark.parametrize(
+    "fmap, defined",
+    [
+        (_with(_relu_map(), (0, 3, 3, 1), np.nan), True),  # one NaN pixel
+        (_with(_relu_map(), (..., slice(0, 2)), np.inf), True),  # inf channels
+        (np.full((4, 8, 8, 5), np.nan, "float32"), False),  # all NaN
+        (np.zeros((4, 8, 8, 5), "float32"), False),  # dead layer
+        # Constant but for the zero padding: only diagonal removal, which
+        # drops the pairs with a zero, leaves no pair off the diagonal.
+        (np.full((4, 8, 8, 5), 2.0, "float32"), "without diagonal removal"),
+    ],
+)
+def test_non_finite_and_degenerate_maps(fmap, defined, diagonal_removal):
+    """One rule on every backend: non-finite channels are left out, and a
+    displacement that no channel estimates is NaN (undefined)."""
+    expected = reference_dependence(fmap, (3, 3), diagonal_removal=diagonal_removal)
+    d = estimate(fmap, (3, 3), diagonal_removal=diagonal_removal)
+    np.testing.assert_allclose(d, expected, atol=1e-5)
+    assert d[1, 1] == 1.0
+    if defined == "without diagonal removal":
+        defined = not diagonal_removal
+    assert np.all(np.isfinite(d)) == defined
+    if defined:  # the same as without the bad channels
+        bad = ~np.isfinite(fmap).all(axis=(0, 1, 2))
+        np.testing.assert_allclose(
+            d, estimate(fmap[..., ~bad], (3, 3), diagonal_removal=diagonal_removal),
+            atol=1e-6,
+        )
+
+
 def test_nearly_dead_relu_channels(cifar10_train):
     # A channel with a handful of non-zero values among ~300k pairs: one
     # histogram cell holds almost every sample, the entropies are ~1e-4
@@ -218,9 +274,27 @@ def test_dependence_to_scaling():
         ((4, 8, 8, 3), {"padding": "causal"}, "padding='causal'"),
         ((4, 8, 8, 3), {"k": 0.0}, "k=0.0"),
         ((4, 8, 8, 3), {"dilation_rate": (1, 1, 1)}, "dilation_rate"),
+        ((4, 8, 8, 3), {"kernel_size": 3.0}, "kernel_size=3.0"),
+        ((4, 8, 8, 3), {"kernel_size": (1, 1)}, r"kernel_size=\(1, 1\)"),
+        ((0, 8, 8, 3), {}, r"shape \(0, 8, 8, 3\)"),
+        ((4, 8, 8, 0), {}, r"shape \(4, 8, 8, 0\)"),
+        ((4, 1, 1, 3), {"padding": "valid"}, r"shape \(4, 1, 1, 3\)"),
+        ((4, 4, 4, 3), {"padding": "valid", "dilation_rate": 2},
+         "dilation_rate=\\(2, 2\\)"),
+        ((4, 8, 8, 3), {"k": True}, "k=True"),
     ],
 )
 def test_bad_input(shape, kwargs, match):
     kwargs = {"kernel_size": (3, 3), **kwargs}
     with pytest.raises(ValueError, match=match):
         keras_sgs.spatial_dependence(np.zeros(shape, "float32"), **kwargs)
+
+
+def test_numpy_scalars_are_numbers():
+    fmap = np.random.default_rng(5).normal(size=(2, 6, 6, 2)).astype("float32")
+    expected = estimate(fmap, (3, 3), k=5.0)
+    np.testing.assert_allclose(
+        estimate(fmap, np.int64(3), k=np.float32(5.0),
+                 dilation_rate=np.int32(1)),
+        expected, atol=1e-6,
+    )

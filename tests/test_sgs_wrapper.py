@@ -356,6 +356,28 @@ def test_update_mode_keeps_zero_mask_positions_exactly():
     assert np.all(after[~frozen] != start[index][~frozen])
 
 
+def test_set_mask_inside_a_traced_function_says_when_to_call_it():
+    model = mixed_model()
+    optimizer = keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1))
+    optimizer.build(model.trainable_variables)
+    kernel = model.get_layer("conv2d").kernel
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        traced = tf.function(lambda: optimizer.set_mask(kernel, ACB))
+        call = traced
+    elif BACKEND == "jax":
+        import jax
+
+        traced = jax.jit(lambda m: optimizer.set_mask(kernel, m))
+        call = lambda: traced(ACB)  # noqa: E731
+    else:
+        pytest.skip("PyTorch runs the train step eagerly")
+    with pytest.raises(RuntimeError, match="between steps"):
+        call()
+    optimizer.set_mask(kernel, ACB)  # eagerly: fine
+
+
 def test_gradient_mode_warns_for_adaptive_optimizers():
     with pytest.warns(UserWarning, match="mode='update'"):
         keras_sgs.SGSWrapper(keras.optimizers.Adam())
