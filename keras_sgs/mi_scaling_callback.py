@@ -1,12 +1,15 @@
 """`MIScalingCallback`: learn each conv layer's SGS mask from data."""
 
+import contextlib
 import math
+import threading
 import time
 import warnings
 
 import keras
 import numpy as np
 from keras import ops
+from keras.src.models.functional import Functional
 from keras.src.utils import io_utils
 
 from keras_sgs._numbers import is_int
@@ -52,11 +55,14 @@ class MIScalingCallback(keras.callbacks.Callback):
     initial value (ones). Masks are only changed at epoch boundaries.
 
     The capture is one compiled forward pass (`tf.function` / `jax.jit`;
-    eager on PyTorch) built at the first refresh and reused: it works for
-    Functional, Sequential, nested and subclassed models. A layer called
-    more than once in the forward pass contributes the input of its *first*
-    call. A layer whose estimate is not finite keeps its previous mask and a
-    warning is issued; training never stops because of the estimator.
+    eager on PyTorch) built at the first refresh and reused: for
+    Functional and Sequential models a sub-model whose outputs are the
+    layers' inputs; for subclassed and nested models and shared layers the
+    layers' calls are recorded while the model runs (the first call of a
+    layer counts; calls from other threads meanwhile are not recorded, and
+    one recording runs at a time). A layer whose estimate is undefined
+    keeps its previous mask and a warning says why; training never stops
+    because of the estimator.
 
     Each epoch's `logs` (hence `History`) receive `sgs_refresh_seconds`
     (0 when the epoch had no refresh) and the smallest and largest mask
@@ -463,52 +469,40 @@ def _mean_over_workers(model, masks):
 
 
 def _compiled_capture(model, layers):
-    """Returns `f(x) -> [input of each layer]`, one compiled forward pass.
+    """Returns `f(x) -> [input of each layer]`, one compiled forward pass
+    in inference mode (`tf.function` / `jax.jit`; eager on PyTorch).
 
-    Each layer's `call` is wrapped, for the duration of the (traced)
-    forward pass only, by a function that records its first positional
-    input the first time it is called.
+    When every layer sits once in the graph of a Functional or Sequential
+    model, the inputs are the outputs of a sub-model
+    `keras.Model(model.inputs, [layer.input, ...])`; otherwise (subclassed
+    or nested models, shared layers) they are recorded while the model runs
+    (`_recording_inputs`).
     """
+    submodel = _input_submodel(model, layers)
+    if submodel is not None:
 
-    def forward(x, run_model):
-        captured = [None] * len(layers)
-        originals = []
-        for i, layer in enumerate(layers):
-            original = layer.call
+        def forward(x):
+            # Each layer sees its input cast to its compute dtype
+            # (float16 under mixed precision).
+            outputs = keras.tree.flatten(submodel(x, training=False))
+            return [
+                ops.cast(t, layer.compute_dtype) for t, layer in zip(outputs, layers)
+            ]
 
-            def call(inputs, *args, _i=i, _original=original, **kwargs):
-                if captured[_i] is None:
-                    captured[_i] = inputs
-                return _original(inputs, *args, **kwargs)
+    else:
 
-            originals.append(layer.__dict__.get("call"))
-            object.__setattr__(layer, "call", call)
-        try:
-            run_model(x)
-        finally:
-            for layer, original in zip(layers, originals):
-                if original is None:
-                    object.__delattr__(layer, "call")
-                else:
-                    object.__setattr__(layer, "call", original)
-        missing = [l.name for l, c in zip(layers, captured) if c is None]
-        if missing:
-            raise ValueError(
-                f"Layers {missing} were not called in the model's forward "
-                "pass, so their input cannot be captured."
-            )
-        return captured
+        def forward(x):
+            with _recording_inputs(layers) as captured:
+                model(x, training=False)
+            return captured
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        def run_model(x):
-            return model(x, training=False)
-
         @tf.function
         def traced(x):
-            return forward(x, run_model)
+            return forward(x)
 
         return traced
     if backend == "jax":
@@ -520,7 +514,7 @@ def _compiled_capture(model, layers):
             mapping = list(zip(model.trainable_variables, trainable))
             mapping += list(zip(model.non_trainable_variables, non_trainable))
             with keras.StatelessScope(state_mapping=mapping):
-                return forward(x, lambda x: model(x, training=False))
+                return forward(x)
 
         jitted = jax.jit(stateless)
         return lambda x: jitted(
@@ -532,6 +526,67 @@ def _compiled_capture(model, layers):
 
     def eager(x):
         with torch.no_grad():
-            return forward(x, lambda x: model(x, training=False))
+            return forward(x)
 
     return eager
+
+
+def _input_submodel(model, layers):
+    """`keras.Model(model.inputs, [layer.input ...])`, or `None` when some
+    layer is not called exactly once in `model`'s own graph."""
+    if isinstance(model, Functional):
+        inputs = model.input  # the structure the model is called with
+    elif isinstance(model, keras.Sequential):
+        inputs = (getattr(model, "inputs", None) or [None])[0]
+    else:
+        return None  # subclassed: no graph to take inputs from
+    own = {id(layer) for layer in model.layers}
+    if inputs is None or not all(
+        id(layer) in own and len(layer._inbound_nodes) == 1 for layer in layers
+    ):
+        return None
+    return keras.Model(inputs, [layer.input for layer in layers])
+
+
+# One recording at a time, in the thread that records.
+_RECORDING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _recording_inputs(layers):
+    """Within the block, each layer's `call` records its first positional
+    input of its first call (made by this thread) into the yielded list.
+
+    The layers' `call` is patched for the duration of the block only. A
+    lock keeps two recordings from patching the same layers at once, and a
+    call made meanwhile by another thread runs the original `call`
+    unrecorded.
+    """
+    captured = [None] * len(layers)
+    owner = threading.get_ident()
+    with _RECORDING_LOCK:
+        originals = []
+        for i, layer in enumerate(layers):
+            original = layer.call
+
+            def call(inputs, *args, _i=i, _original=original, **kwargs):
+                if captured[_i] is None and threading.get_ident() == owner:
+                    captured[_i] = inputs
+                return _original(inputs, *args, **kwargs)
+
+            originals.append(layer.__dict__.get("call"))
+            object.__setattr__(layer, "call", call)
+        try:
+            yield captured
+        finally:
+            for layer, original in zip(layers, originals):
+                if original is None:
+                    object.__delattr__(layer, "call")
+                else:
+                    object.__setattr__(layer, "call", original)
+    missing = [layer.name for layer, c in zip(layers, captured) if c is None]
+    if missing:
+        raise ValueError(
+            f"Layers {missing} were not called in the model's forward "
+            "pass, so their input cannot be captured."
+        )

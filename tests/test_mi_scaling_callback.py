@@ -386,6 +386,55 @@ def test_kernels_without_centre_are_left_alone(cifar10_train):
         ])
 
 
+def test_capture_without_patching_for_graph_models():
+    from keras_sgs.mi_scaling_callback import _input_submodel
+
+    for model in (functional(), _sequential()):
+        layers = [find_layer(model, "c1"), find_layer(model, "c2")]
+        assert _input_submodel(model, layers) is not None
+    nested = _nested()  # c2 lives in an inner model: recorded instead
+    layers = [find_layer(nested, "c1"), find_layer(nested, "c2")]
+    assert _input_submodel(nested, layers) is None
+    subclassed = Subclassed()
+    subclassed(np.zeros((1, 32, 32, 3), "float32"))
+    assert _input_submodel(subclassed, [subclassed.c1]) is None
+
+
+def test_recording_ignores_other_threads_and_leaves_no_patch():
+    import threading
+
+    from keras_sgs.mi_scaling_callback import _recording_inputs
+
+    layer = keras.layers.Conv2D(2, 3, padding="same", name="c")
+    mine = np.ones((1, 5, 5, 1), "float32")
+    other = np.full((1, 5, 5, 1), 7.0, "float32")
+    layer(mine)
+    with _recording_inputs([layer]) as captured:
+        thread = threading.Thread(target=layer, args=(other,))
+        thread.start()
+        thread.join()
+        assert captured == [None]  # the other thread's call is not taken
+        layer(mine)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(captured[0]), mine)
+    # Recordings from several threads at once: serialised, none left over.
+    errors = []
+
+    def record():
+        try:
+            with _recording_inputs([layer]) as got:
+                layer(mine)
+            assert got[0] is not None
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=record) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and "call" not in layer.__dict__
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
