@@ -55,6 +55,7 @@ from keras_sgs.plotting import model_masks  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
 MODELS = ("vgg11", "vgg16", "resnet18")
+NUM_CLASSES = 10
 METHODS = ("baseline", "sgs_mi", "sgs_constant", "acb", "repvgg")
 CONV_TYPES = {"acb": "acb", "repvgg": "repvgg"}  # other methods: "plain"
 ACB_BRANCHES = [((3, 3), 1.0), ((1, 3), 1.0), ((3, 1), 1.0)]
@@ -183,9 +184,15 @@ def check_flags():
 def load(split, source, limit):
     """`cifar.load_split`, with bad data reported as a usage error."""
     try:
-        return cifar.load_split(source, split, limit)
+        images, labels = cifar.load_split(source, split, limit)
     except (ValueError, OSError) as error:
         raise app.UsageError(f"Cannot read the {split} images: {error}") from None
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise app.UsageError(
+            f"The {split} labels of {source!r} must be 0..{NUM_CLASSES - 1}. "
+            f"Received: labels from {labels.min()} to {labels.max()}"
+        )
+    return images, labels
 
 
 # -- one run, in its own process ----------------------------------------------
@@ -203,7 +210,8 @@ def train_run(job):
     }
     method = job["method"]
     backbone = keras_sgs.models.build_model(
-        job["model"], 10, CONV_TYPES.get(method, "plain"), width=job["width"]
+        job["model"], NUM_CLASSES, CONV_TYPES.get(method, "plain"),
+        width=job["width"],
     )
     model = cifar.training_model(backbone)
     steps_per_epoch = -(-len(data["train_labels"]) // job["batch_size"])

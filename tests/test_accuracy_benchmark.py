@@ -124,7 +124,7 @@ def test_smoke_run_writes_runs_and_table(tmp_path):
     np.testing.assert_allclose(masks.mean(axis=(1, 2)), 1, rtol=1e-5)
 
 
-def jpeg_npz(path, images):
+def jpeg_npz(path, images, labels=None):
     """The compact format of `gpu-wheels.sh --data`, both splits."""
     from PIL import Image
 
@@ -138,7 +138,9 @@ def jpeg_npz(path, images):
     for split in ("train", "test"):
         arrays[f"{split}_bytes"] = np.frombuffer(b"".join(blobs), np.uint8)
         arrays[f"{split}_offsets"] = offsets.astype(np.int64)
-        arrays[f"{split}_labels"] = np.arange(len(images)) % 10
+        arrays[f"{split}_labels"] = (
+            np.arange(len(images)) % 10 if labels is None else labels
+        )
     np.savez(path, **arrays)
 
 
@@ -161,13 +163,17 @@ def test_reads_the_compact_npz(tmp_path):
         (["--data=/nonexistent/*.tfrecord"], "matches no file"),
         (["--data={npz64}"], "must be 32x32 RGB. Received: images of shape (64, 64, 3)"),
         (["--test_data={bad}"], "bad.tfrecord is not a TFRecord file"),
+        (["--data={npz_labels}"], "labels of"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, args, message):
     jpeg_npz(tmp_path / "64.npz", np.zeros((3, 64, 64, 3), np.uint8))
+    jpeg_npz(tmp_path / "labels.npz", np.zeros((12, 32, 32, 3), np.uint8),
+             labels=np.arange(12))
     (tmp_path / "bad.tfrecord").write_bytes(b"not a record file")
     args = [
-        a.format(npz64=tmp_path / "64.npz", bad=tmp_path / "bad.tfrecord")
+        a.format(npz64=tmp_path / "64.npz", bad=tmp_path / "bad.tfrecord",
+                 npz_labels=tmp_path / "labels.npz")
         for a in args
     ]
     output = run_study(
