@@ -1,4 +1,4 @@
-r"""The paper's CIFAR-10 comparison with keras_sgs, on TensorFlow, JAX or PyTorch.
+r"""The paper's CIFAR-10 comparison with keras_sgs, on TensorFlow, JAX, PyTorch.
 
 Trains each of `--methods` once per seed of `--seeds` and writes one JSON
 per run and a markdown table (test top-1 mean +- std over seeds, seconds
@@ -43,12 +43,12 @@ import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+import cifar  # noqa: E402
 import keras  # noqa: E402  (after the JAX setting above)
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-import cifar  # noqa: E402
 import keras_sgs  # noqa: E402
 from keras_sgs.plotting import model_masks  # noqa: E402
 
@@ -75,19 +75,25 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "One run per method per seed.")
 flags.DEFINE_integer("epochs", 60, "Training epochs.", lower_bound=1)
 flags.DEFINE_float("width", 1.0, "Channel multiplier of the model.")
 flags.DEFINE_integer(
-    "train_images", None, "Train on the first N images only (smoke runs).",
+    "train_images",
+    None,
+    "Train on the first N images only (smoke runs).",
     lower_bound=1,
 )
 flags.DEFINE_integer(
-    "test_images", None, "Evaluate on the first N test images only.",
+    "test_images",
+    None,
+    "Evaluate on the first N test images only.",
     lower_bound=1,
 )
 flags.DEFINE_string(
-    "data", str(CIFAR10 / "train-*.tfrecord"),
+    "data",
+    str(CIFAR10 / "train-*.tfrecord"),
     "Training images: a TFRecord glob, or a compact .npz (both splits).",
 )
 flags.DEFINE_string(
-    "test_data", str(CIFAR10 / "test-*.tfrecord"),
+    "test_data",
+    str(CIFAR10 / "test-*.tfrecord"),
     "Test images: a TFRecord glob (ignored when --data is a .npz).",
 )
 flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
@@ -98,12 +104,15 @@ flags.DEFINE_integer("refresh_warmup", 1, "SGS-MI: first refreshing epoch.")
 flags.DEFINE_integer("refresh_batches", 2, "SGS-MI: held-out batches.")
 flags.DEFINE_float("mi_k", 5.0, "SGS-MI: sharpening k.")
 flags.DEFINE_integer(
-    "parallel", 1, "Runs trained at once, each in its own process.",
+    "parallel",
+    1,
+    "Runs trained at once, each in its own process.",
     lower_bound=1,
 )
 flags.DEFINE_integer("verbose", 0, "Keras verbosity of each run (0, 1, 2).")
 flags.DEFINE_string(
-    "output", str(REPO / "benchmarks" / "results" / "accuracy.md"),
+    "output",
+    str(REPO / "benchmarks" / "results" / "accuracy.md"),
     "Markdown table; the runs' JSON files go to the folder of the same "
     "name without `.md`.",
 )
@@ -120,8 +129,16 @@ def main(argv):
     settings = {
         name: getattr(FLAGS, name)
         for name in (
-            "model", "epochs", "width", "batch_size", "lr", "weight_decay",
-            "refresh_every", "refresh_warmup", "refresh_batches", "mi_k",
+            "model",
+            "epochs",
+            "width",
+            "batch_size",
+            "lr",
+            "weight_decay",
+            "refresh_every",
+            "refresh_warmup",
+            "refresh_batches",
+            "mi_k",
             "verbose",
         )
     }
@@ -133,15 +150,25 @@ def main(argv):
     )
     with tempfile.TemporaryDirectory() as data_dir:
         arrays = {
-            "train_images": train_images, "train_labels": train_labels,
-            "test_images": test_images, "test_labels": test_labels,
+            "train_images": train_images,
+            "train_labels": train_labels,
+            "test_images": test_images,
+            "test_labels": test_labels,
         }
         for name, array in arrays.items():
             np.save(os.path.join(data_dir, f"{name}.npy"), array)
         jobs = [
-            dict(settings, method=method, seed=seed, data_dir=data_dir,
-                 json_path=str(runs_dir / f"{FLAGS.model}_{method}_seed{seed}.json"))
-            for method in methods for seed in seeds
+            dict(
+                settings,
+                method=method,
+                seed=seed,
+                data_dir=data_dir,
+                json_path=str(
+                    runs_dir / f"{FLAGS.model}_{method}_seed{seed}.json"
+                ),
+            )
+            for method in methods
+            for seed in seeds
         ]
         context = multiprocessing.get_context("spawn")
         with context.Pool(FLAGS.parallel, maxtasksperchild=1) as pool:
@@ -167,7 +194,8 @@ def check_flags():
         seeds = []
     if not seeds:
         raise app.UsageError(
-            f"--seeds must list integers. Received: --seeds={','.join(FLAGS.seeds)}"
+            "--seeds must list integers. Received: "
+            f"--seeds={','.join(FLAGS.seeds)}"
         )
     runs = len(methods) * len(seeds)
     if FLAGS.parallel > runs:
@@ -177,7 +205,9 @@ def check_flags():
             f"--parallel={FLAGS.parallel}"
         )
     if not FLAGS.width > 0:
-        raise app.UsageError(f"--width must be > 0. Received: --width={FLAGS.width}")
+        raise app.UsageError(
+            f"--width must be > 0. Received: --width={FLAGS.width}"
+        )
     return methods, seeds
 
 
@@ -186,7 +216,9 @@ def load(split, source, limit):
     try:
         images, labels = cifar.load_split(source, split, limit)
     except (ValueError, OSError) as error:
-        raise app.UsageError(f"Cannot read the {split} images: {error}") from None
+        raise app.UsageError(
+            f"Cannot read the {split} images: {error}"
+        ) from None
     if labels.min() < 0 or labels.max() >= NUM_CLASSES:
         raise app.UsageError(
             f"The {split} labels of {source!r} must be 0..{NUM_CLASSES - 1}. "
@@ -206,11 +238,18 @@ def train_run(job):
     keras.utils.set_random_seed(job["seed"])
     data = {
         name: np.load(os.path.join(job["data_dir"], f"{name}.npy"))
-        for name in ("train_images", "train_labels", "test_images", "test_labels")
+        for name in (
+            "train_images",
+            "train_labels",
+            "test_images",
+            "test_labels",
+        )
     }
     method = job["method"]
     backbone = keras_sgs.models.build_model(
-        job["model"], NUM_CLASSES, CONV_TYPES.get(method, "plain"),
+        job["model"],
+        NUM_CLASSES,
+        CONV_TYPES.get(method, "plain"),
         width=job["width"],
     )
     model = cifar.training_model(backbone)
@@ -231,11 +270,17 @@ def train_run(job):
     compile_for_accuracy(model, optimizer)
     callbacks = []
     if method == "sgs_mi":
-        held_out = data["train_images"][: job["refresh_batches"] * job["batch_size"]]
-        callbacks.append(keras_sgs.MIScalingCallback(
-            held_out, every=job["refresh_every"], warmup=job["refresh_warmup"],
-            k=job["mi_k"],
-        ))
+        held_out = data["train_images"][
+            : job["refresh_batches"] * job["batch_size"]
+        ]
+        callbacks.append(
+            keras_sgs.MIScalingCallback(
+                held_out,
+                every=job["refresh_every"],
+                warmup=job["refresh_warmup"],
+                k=job["mi_k"],
+            )
+        )
     results = {
         "model": job["model"],
         "method": method,
@@ -250,9 +295,13 @@ def train_run(job):
     run_log = RunLog(results, job["json_path"])
     callbacks.append(run_log)  # after the refresh: epoch times leave it out
     model.fit(
-        data["train_images"], data["train_labels"],
-        batch_size=job["batch_size"], epochs=job["epochs"], shuffle=True,
-        callbacks=callbacks, verbose=job["verbose"],
+        data["train_images"],
+        data["train_labels"],
+        batch_size=job["batch_size"],
+        epochs=job["epochs"],
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=job["verbose"],
     )
     test = (data["test_images"], data["test_labels"])
     results["test_top1"] = evaluate(model, *test)
@@ -286,8 +335,9 @@ def compile_for_accuracy(model, optimizer):
 
 def evaluate(model, images, labels):
     """Top-1 accuracy in [0, 1]."""
-    logs = model.evaluate(images, labels, batch_size=500, verbose=0,
-                          return_dict=True)
+    logs = model.evaluate(
+        images, labels, batch_size=500, verbose=0, return_dict=True
+    )
     return float(logs["accuracy"])
 
 
@@ -302,7 +352,8 @@ def device_description():
         import torch
 
         device = (
-            torch.cuda.get_device_name() if torch.cuda.is_available()
+            torch.cuda.get_device_name()
+            if torch.cuda.is_available()
             else f"CPU ({os.cpu_count()} cores)"
         )
     else:
@@ -321,8 +372,12 @@ class RunLog(keras.callbacks.Callback):
         super().__init__()
         self.results = results
         self.path = path
-        for key in ("train_loss", "train_top1", "epoch_seconds",
-                    "mi_refresh_seconds"):
+        for key in (
+            "train_loss",
+            "train_top1",
+            "epoch_seconds",
+            "mi_refresh_seconds",
+        ):
             results[key] = []
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -340,7 +395,7 @@ class RunLog(keras.callbacks.Callback):
         write_json(r, self.path)
 
 
-# -- the table ------------------------------------------------------------------
+# -- the table ---------------------------------------------------------------
 
 
 def mean_std(values):
@@ -361,14 +416,17 @@ def run_line(r):
     return line + (
         f", {r['seconds_per_epoch']:.2f} s/epoch, "
         f"{len(r['mi_refresh_seconds'])} MI refreshes in "
-        f"{sum(r['mi_refresh_seconds']):.1f} s, {r['wall_seconds']:.0f} s in all"
+        f"{sum(r['mi_refresh_seconds']):.1f} s, "
+        f"{r['wall_seconds']:.0f} s in all"
     )
 
 
 def refresh_columns(runs):
     """`(first, warm, warm / epoch)` cells: the first refresh of a run
     (it compiles) and the median of the later ones, over all runs."""
-    first = [r["mi_refresh_seconds"][0] for r in runs if r["mi_refresh_seconds"]]
+    first = [
+        r["mi_refresh_seconds"][0] for r in runs if r["mi_refresh_seconds"]
+    ]
     warm = [s for r in runs for s in r["mi_refresh_seconds"][1:]]
     if not first:
         return "", "", ""
@@ -377,7 +435,8 @@ def refresh_columns(runs):
         return f"{statistics.median(first):.2f}", "", ""
     warm = statistics.median(warm)
     return (
-        f"{statistics.median(first):.2f}", f"{warm:.2f}",
+        f"{statistics.median(first):.2f}",
+        f"{warm:.2f}",
         f"{100 * warm / epoch:.1f}%",
     )
 
@@ -385,7 +444,9 @@ def refresh_columns(runs):
 def table(results, train_images, test_images):
     """The markdown table of `results` (one dict per run)."""
     by_method = {}
-    for r in sorted(results, key=lambda r: (METHODS.index(r["method"]), r["seed"])):
+    for r in sorted(
+        results, key=lambda r: (METHODS.index(r["method"]), r["seed"])
+    ):
         by_method.setdefault(r["method"], []).append(r)
     first = results[0]
     devices = sorted({r["device"] for r in results})
@@ -403,14 +464,16 @@ def table(results, train_images, test_images):
     for method, runs in by_method.items():
         fused = (
             mean_std([r["fused_test_top1"] for r in runs])
-            if method in CONV_TYPES else ""
+            if method in CONV_TYPES
+            else ""
         )
         first_refresh, warm, share = refresh_columns(runs)
         lines.append(
             f"| {method} | {len(runs)} | "
             f"{mean_std([r['test_top1'] for r in runs])} | {fused} | "
             f"{statistics.median(r['seconds_per_epoch'] for r in runs):.2f} | "
-            f"{len(runs[0]['mi_refresh_seconds'])} | {first_refresh} | {warm} | "
+            f"{len(runs[0]['mi_refresh_seconds'])} | {first_refresh} | "
+            f"{warm} | "
             f"{share} |"
         )
     reference = REFERENCE.get(first["epochs"])

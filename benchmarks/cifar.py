@@ -141,7 +141,11 @@ class RandomCropFlip(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "padding": self.padding, "seed": self.seed}
+        return {
+            **super().get_config(),
+            "padding": self.padding,
+            "seed": self.seed,
+        }
 
 
 class Cutout(keras.layers.Layer):
@@ -163,7 +167,9 @@ class Cutout(keras.layers.Layer):
     def __init__(self, size, seed=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(size, int) or size < 1:
-            raise ValueError(f"`size` must be an int >= 1. Received: size={size!r}")
+            raise ValueError(
+                f"`size` must be an int >= 1. Received: size={size!r}"
+            )
         self.size = size
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -171,7 +177,11 @@ class Cutout(keras.layers.Layer):
     def call(self, images, training=None):
         if not training:
             return images
-        n, height, width = ops.shape(images)[0], images.shape[1], images.shape[2]
+        n, height, width = (
+            ops.shape(images)[0],
+            images.shape[1],
+            images.shape[2],
+        )
         centres = keras.random.uniform((n, 2), seed=self.seed_generator)
         cy = ops.cast(centres[:, 0:1] * height, "int32")
         cx = ops.cast(centres[:, 1:2] * width, "int32")

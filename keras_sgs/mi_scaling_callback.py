@@ -146,7 +146,9 @@ class MIScalingCallback(keras.callbacks.Callback):
                     f"{name}={value!r}"
                 )
         if not is_real(k) or not (k > 0 and math.isfinite(k)):
-            raise ValueError(f"`k` must be a positive number. Received: k={k!r}")
+            raise ValueError(
+                f"`k` must be a positive number. Received: k={k!r}"
+            )
         if layers is not None and (
             isinstance(layers, (str, keras.layers.Layer)) or not layers
         ):
@@ -228,13 +230,15 @@ class MIScalingCallback(keras.callbacks.Callback):
         ]
         estimates = _mean_over_workers(self.model, estimates)
         updated = {}
-        for (layer, kernel), mask, fmap in zip(targets, estimates, feature_maps):
+        for (layer, kernel), mask, fmap in zip(
+            targets, estimates, feature_maps
+        ):
             if not np.all(np.isfinite(mask)):
+                reason = _why_undefined(layer, fmap, self.diagonal_removal)
                 warnings.warn(
                     f"MIScalingCallback: the estimate for layer "
-                    f"'{layer.name}' is undefined ("
-                    f"{_why_undefined(layer, fmap, self.diagonal_removal)}); the "
-                    "layer keeps its previous mask.",
+                    f"'{layer.name}' is undefined ({reason}); the layer "
+                    "keeps its previous mask.",
                     stacklevel=2,
                 )
                 continue
@@ -357,7 +361,9 @@ def _why_undefined(layer, fmap, diagonal_removal):
             f"{non_finite} of {x.shape[1]} input channels hold NaN or inf"
         )
     if constant:
-        reasons.append(f"{constant} of {x.shape[1]} input channels are constant")
+        reasons.append(
+            f"{constant} of {x.shape[1]} input channels are constant"
+        )
     if diagonal_removal and not reasons:
         reasons.append("diagonal removal leaves no pair of non-zero values")
     return "; ".join(reasons) or "no channel gives an estimate"
@@ -486,7 +492,8 @@ def _compiled_capture(model, layers):
             # (float16 under mixed precision).
             outputs = keras.tree.flatten(submodel(x, training=False))
             return [
-                ops.cast(t, layer.compute_dtype) for t, layer in zip(outputs, layers)
+                ops.cast(t, layer.compute_dtype)
+                for t, layer in zip(outputs, layers)
             ]
 
     else:

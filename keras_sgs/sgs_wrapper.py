@@ -436,7 +436,9 @@ class SGSWrapper(keras.optimizers.Optimizer):
             self.inner_optimizer.apply(grads, trainable_variables)
         else:
             grads = self._add_coupled_decay(grads, variables, masks)
-            self._apply_masked_update(grads, trainable_variables, variables, masks)
+            self._apply_masked_update(
+                grads, trainable_variables, variables, masks
+            )
 
     def _add_coupled_decay(self, grads, variables, masks=None):
         """`grad + wd * w` for the variables the inner optimizer decays;

@@ -77,7 +77,9 @@ def test_cutout_zeroes_one_square_per_image():
         assert np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1)
         sides += [len(rows), len(cols)]
     assert min(sides) >= 8 and max(sides) == 16
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(images)), images)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(layer(images)), images
+    )
 
 
 def run_study(*args, expect_returncode=0):
@@ -90,7 +92,10 @@ def run_study(*args, expect_returncode=0):
         )
     process = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "accuracy.py"), *args],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     output = process.stdout + process.stderr
     assert process.returncode == expect_returncode, output[-5000:]
@@ -112,7 +117,9 @@ def test_smoke_run_writes_runs_and_table(tmp_path):
             run = json.load(f)
         assert run["device"].startswith(BACKEND)
         assert 0.0 <= run["test_top1"] <= 1.0
-        assert len(run["train_loss"]) == 3 and np.all(np.isfinite(run["train_loss"]))
+        assert len(run["train_loss"]) == 3 and np.all(
+            np.isfinite(run["train_loss"])
+        )
         assert run["train_images"] == 256 and run["test_images"] == 200
         assert run["seconds_per_epoch"] > 0
     # The warm-up epoch trains with ones, each later one refreshes.
@@ -158,31 +165,43 @@ def test_reads_the_compact_npz(tmp_path):
     "args, message",
     [
         (["--methods=baseline,sgd"], "--methods must list some of"),
-        (["--methods=baseline", "--seeds=0,1", "--parallel=3"],
-         "--parallel must be at most the number of runs (2"),
+        (
+            ["--methods=baseline", "--seeds=0,1", "--parallel=3"],
+            "--parallel must be at most the number of runs (2",
+        ),
         (["--data=/nonexistent/*.tfrecord"], "matches no file"),
-        (["--data={npz64}"], "must be 32x32 RGB. Received: images of shape (64, 64, 3)"),
+        (
+            ["--data={npz64}"],
+            "must be 32x32 RGB. Received: images of shape (64, 64, 3)",
+        ),
         (["--test_data={bad}"], "bad.tfrecord is not a TFRecord file"),
         (["--data={npz_labels}"], "labels of"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, args, message):
     jpeg_npz(tmp_path / "64.npz", np.zeros((3, 64, 64, 3), np.uint8))
-    jpeg_npz(tmp_path / "labels.npz", np.zeros((12, 32, 32, 3), np.uint8),
-             labels=np.arange(12))
+    jpeg_npz(
+        tmp_path / "labels.npz",
+        np.zeros((12, 32, 32, 3), np.uint8),
+        labels=np.arange(12),
+    )
     (tmp_path / "bad.tfrecord").write_bytes(b"not a record file")
     args = [
-        a.format(npz64=tmp_path / "64.npz", bad=tmp_path / "bad.tfrecord",
-                 npz_labels=tmp_path / "labels.npz")
+        a.format(
+            npz64=tmp_path / "64.npz",
+            bad=tmp_path / "bad.tfrecord",
+            npz_labels=tmp_path / "labels.npz",
+        )
         for a in args
     ]
     output = run_study(
-        *SMOKE, *args, f"--output={tmp_path / 'accuracy.md'}",
+        *SMOKE,
+        *args,
+        f"--output={tmp_path / 'accuracy.md'}",
         expect_returncode=1,
     )
     assert message in output
     assert not (tmp_path / "accuracy").exists()
-
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="the GPU machine runs JAX")
@@ -207,18 +226,25 @@ def test_gpu_script_runs_without_tensorflow(tmp_path):
         MI_ARGS="--images=32 --repeats=1",
     )
     process = subprocess.run(
-        [str(REPO / "benchmarks" / "gpu_run.sh")], env=env,
-        capture_output=True, text=True, timeout=900,
+        [str(REPO / "benchmarks" / "gpu_run.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert process.returncode == 0, (process.stdout + process.stderr)[-5000:]
     out = tmp_path / "out"
-    assert "| resnet18 | ACB branches |" in (out / "step_overhead.md").read_text()
+    assert (
+        "| resnet18 | ACB branches |" in (out / "step_overhead.md").read_text()
+    )
     assert "| vgg16 | 13 |" in (out / "mi_refresh.md").read_text()
     assert "| sgs_mi | 1 |" in (out / "accuracy.md").read_text()
     with tarfile.open(out / "accuracy_runs.tgz") as archive:
         names = set(archive.getnames())
     assert "accuracy/vgg11_sgs_mi_seed0.json" in names
-    assert "TensorFlow is not installed here" not in (out / "log.txt").read_text()
+    assert (
+        "TensorFlow is not installed here" not in (out / "log.txt").read_text()
+    )
 
 
 def test_a_run_writes_its_progress_every_epoch(tmp_path):
@@ -226,7 +252,9 @@ def test_a_run_writes_its_progress_every_epoch(tmp_path):
 
     rng = np.random.default_rng(4)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        "sgd", "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     path = str(tmp_path / "run.json")
     written = []
 
@@ -236,7 +264,12 @@ def test_a_run_writes_its_progress_every_epoch(tmp_path):
                 written.append(json.load(f))
 
     run_log = accuracy.RunLog({"method": "baseline", "finished": False}, path)
-    model.fit(rng.random((32, 4)), rng.integers(0, 3, 32), epochs=2,
-              verbose=0, callbacks=[run_log, Spy()])
+    model.fit(
+        rng.random((32, 4)),
+        rng.integers(0, 3, 32),
+        epochs=2,
+        verbose=0,
+        callbacks=[run_log, Spy()],
+    )
     assert [len(w["train_loss"]) for w in written] == [1, 2]
     assert not written[-1]["finished"] and written[-1]["seconds_per_epoch"] > 0
