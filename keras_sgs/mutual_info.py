@@ -331,10 +331,11 @@ def _dependence_per_displacement(feature_map, displacements, pads, k, diagonal_r
     def cells(xc):
         """Histogram cell of every pair (`dump` for the pairs not kept),
         the number of pairs kept, `(D, chunk)`, and whether each channel
-        is finite, `(chunk,)` (non-finite values are binned as 0)."""
-        finite = ops.isfinite(xc)
-        finite_channel = ops.all(ops.reshape(finite, (chunk, -1)), axis=1)
-        xc = ops.where(finite, xc, 0.0)
+        is finite, `(chunk,)` (a non-finite channel's cells are garbage,
+        but within range)."""
+        finite_channel = ops.all(
+            ops.reshape(ops.isfinite(xc), (chunk, -1)), axis=1
+        )
         ys = neighbours(xc)
         if diagonal_removal:
             keep = ops.logical_and(
@@ -433,10 +434,12 @@ def _count(ids, length):
 
 
 def _bin_index(values, low, high, bins):
-    """`floor((v - low) * B / (high - low + 1e-12))`, `high` in bin B - 1."""
+    """`floor((v - low) * B / (high - low + 1e-12))`, `high` in bin B - 1;
+    0 where that is NaN (non-finite input)."""
     bins = ops.reshape(bins, low.shape)
     index = ops.floor((values - low) * (bins / (high - low + 1e-12)))
-    return ops.cast(ops.clip(index, 0.0, bins - 1.0), "int32")
+    index = ops.where(index > 0.0, index, 0.0)  # NaN fails the test
+    return ops.cast(ops.minimum(index, bins - 1.0), "int32")
 
 
 def _entropy(counts, axis):
