@@ -37,7 +37,6 @@ import multiprocessing
 import os
 import pathlib
 import statistics
-import sys
 import tempfile
 import time
 
@@ -48,6 +47,8 @@ import keras  # noqa: E402  (after the JAX setting above)
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from common import device_description  # noqa: E402
+from common import write_table  # noqa: E402
 
 import keras_sgs  # noqa: E402
 from keras_sgs.plotting import model_masks  # noqa: E402
@@ -176,7 +177,9 @@ def main(argv):
             for result in pool.imap_unordered(train_run, jobs):
                 print(run_line(result), flush=True)
                 results.append(result)
-    write_table(FLAGS.output, results, len(train_images), len(test_images))
+    write_table(
+        FLAGS.output, table(results, len(train_images), len(test_images))
+    )
 
 
 def check_flags():
@@ -341,29 +344,6 @@ def evaluate(model, images, labels):
     return float(logs["accuracy"])
 
 
-def device_description():
-    """The Keras backend and the device it trains on."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        device = jax.devices()[0].device_kind
-    elif backend == "torch":
-        import torch
-
-        device = (
-            torch.cuda.get_device_name()
-            if torch.cuda.is_available()
-            else f"CPU ({os.cpu_count()} cores)"
-        )
-    else:
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        device = gpus[0].name if gpus else f"CPU ({os.cpu_count()} cores)"
-    return f"{backend}, {device}"
-
-
 class RunLog(keras.callbacks.Callback):
     """Adds each epoch's seconds (start to end), loss, accuracy and MI
     refresh seconds to `results` and writes them to `path`."""
@@ -493,17 +473,6 @@ def table(results, train_images, test_images):
             "87.39.",
         ]
     return "\n".join(lines)
-
-
-def write_table(path, results, train_images, test_images):
-    text = table(results, train_images, test_images)
-    print(text)
-    command = " ".join(["python3", os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    with open(path, "w") as f:
-        f.write(
-            f"Command: `KERAS_BACKEND={keras.backend.backend()} {command}`\n\n"
-            f"{text}\n"
-        )
 
 
 if __name__ == "__main__":

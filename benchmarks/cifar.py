@@ -11,12 +11,11 @@
   per-channel normalization -> one of `keras_sgs.models`.
 """
 
-import io
-
 import keras
 import numpy as np
 from keras import ops
 
+from keras_sgs.tfrecords import decode_image
 from keras_sgs.tfrecords import read_image_records
 
 # CIFAR-10 channel statistics, in pixel units.
@@ -58,8 +57,6 @@ def load_split(source, split, limit=None):
 
 
 def _read_jpeg_npz(path, split, limit):
-    from PIL import Image
-
     try:
         with np.load(path) as arrays:
             data = arrays[f"{split}_bytes"]
@@ -73,8 +70,7 @@ def _read_jpeg_npz(path, split, limit):
     count = len(labels) if limit is None else min(limit, len(labels))
     images = []
     for i in range(count):
-        blob = data[offsets[i] : offsets[i + 1]].tobytes()
-        images.append(np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")))
+        images.append(decode_image(data[offsets[i] : offsets[i + 1]].tobytes()))
     if not images:
         return np.zeros((0,) + IMAGE_SHAPE, np.uint8), labels[:0]
     return np.stack(images), labels[:count].astype(np.int64)

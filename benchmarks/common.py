@@ -4,7 +4,6 @@ import os
 import sys
 
 import keras
-
 from cifar import load_split
 
 
@@ -17,24 +16,36 @@ def cifar10_images(source, count):
 
 def device_description():
     """The Keras backend and the device it computes on."""
-    if keras.backend.backend() == "jax":
+    backend = keras.backend.backend()
+    cpu = f"CPU ({os.cpu_count()} cores)"
+    if backend == "jax":
         import jax
 
         device = str(jax.devices()[0].device_kind)
+    elif backend == "torch":
+        import torch
+
+        device = (
+            torch.cuda.get_device_name() if torch.cuda.is_available() else cpu
+        )
     else:
-        device = f"CPU ({os.cpu_count()} cores)"
-    return f"{keras.backend.backend()}, {device}"
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        device = gpus[0].name if gpus else cpu
+    return f"{backend}, {device}"
 
 
 def write_table(path, table):
-    """Prints `table` and writes it to `path` under the command that made it."""
+    """Prints `table` and writes it to `path` under the command, flags
+    included, that made it."""
     print(table)
     if not path:
         return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    script = os.path.relpath(sys.argv[0])
+    command = " ".join(["python3", os.path.relpath(sys.argv[0])] + sys.argv[1:])
     with open(path, "w") as f:
         f.write(
-            f"Command: `KERAS_BACKEND={keras.backend.backend()} python "
-            f"{script}`\n\n{table}\n"
+            f"Command: `KERAS_BACKEND={keras.backend.backend()} {command}`"
+            f"\n\n{table}\n"
         )

@@ -89,13 +89,32 @@ def _records(path):
         pos += length + 4  # data and its masked CRC
 
 
-def _decode(record):
-    """`(uint8 image, label)` of one record."""
+def decode_image(encoded):
+    """Decodes JPEG or PNG bytes with Pillow into a uint8 RGB array
+    `(H, W, 3)`.
+
+    Example:
+
+    ```python
+    image = keras_sgs.tfrecords.decode_image(open("cat.jpg", "rb").read())
+    ```
+
+    Args:
+        encoded: bytes. An encoded image.
+
+    Returns:
+        A uint8 numpy array `(height, width, 3)`.
+    """
     from PIL import Image
 
+    return np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
+
+
+def _decode(record):
+    """`(uint8 image, label)` of one record."""
     example = _parse_example(bytes(record))
-    image = Image.open(io.BytesIO(example["image/encoded"][0]))
-    return np.asarray(image.convert("RGB")), example["image/class/label"][0]
+    image = decode_image(example["image/encoded"][0])
+    return image, example["image/class/label"][0]
 
 
 def read_image_records(pattern, limit=None):
