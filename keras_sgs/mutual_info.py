@@ -15,6 +15,7 @@ Channels are processed in chunks so that the extra memory stays around the
 size of the feature map itself.
 """
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -27,11 +28,12 @@ from keras_sgs._numbers import is_int
 from keras_sgs._numbers import is_real
 
 PADDINGS = ("same", "valid", "causal")
-# Chunk size: about this many bytes of working memory per (displacement,
-# pixel, channel) keeps the peak extra memory, compilation included, under
-# twice the map (benchmarks/mi_refresh.py measures it on an ImageNet-sized
-# map).
-_BYTES_PER_PAIR = 20
+# Pairs (displacements x batch x pixels x channels) per call of the
+# compiled estimator: their histogram cell ids, 4 bytes each, are its
+# largest temporary.
+_PAIRS_PER_CALL = 2**24
+# Copies of each histogram (see `cell_ids`).
+_COPIES = 4
 # `D` of a channel without any pair left (diagonal removal); `D` >= 0.
 _NO_PAIR = -1.0
 
@@ -137,16 +139,27 @@ def spatial_dependence(
         )
     if not (is_real(k) and k > 0 and math.isfinite(k)):
         raise ValueError(f"`k` must be a positive number. Received: k={k!r}")
-    fn = _compiled(
-        shape,
+    plan = pair_plan(shape, kernel_size, padding, dilation_rate)
+    estimate = _compiled_chunk_dependence(
+        (plan.chunk,) + shape[1:-1] + shape[:1],
         str(feature_map.dtype),
         kernel_size,
-        float(k),
         padding,
         dilation_rate,
+        float(k),
         bool(diagonal_removal),
     )
-    return fn(feature_map)
+    # Batch innermost: long, contiguous runs for every map size.
+    channels_first = ops.transpose(feature_map, (rank + 1, *range(1, rank + 1), 0))
+    per_chunk, done = [], 0
+    for start in plan.chunk_starts:
+        d = estimate(channels_first[start : start + plan.chunk])
+        per_chunk.append(d[:, done - start :])  # the last chunk overlaps
+        done = start + plan.chunk
+    mean = mean_over_channels(ops.concatenate(per_chunk, axis=1))
+    return ops.take(
+        ops.concatenate([mean, ops.ones((1,))]), plan.window_displacement
+    )
 
 
 def dependence_to_scaling(dependence):
@@ -187,12 +200,68 @@ def _int_tuple(name, value, rank):
     return tuple(int(v) for v in values)
 
 
-def _displacements(kernel_size, dilation_rate):
-    """Static plan: the window's offsets grouped by displacement +-d.
+@dataclasses.dataclass(frozen=True, eq=False)
+class PairPlan:
+    """What is static about the pairs of one map shape and kernel window.
 
-    Returns a list of `(displacement, [window indices])`, one entry per
-    pair {d, -d}, with `d` the lexicographically positive one.
+    Built with numpy from the shapes alone (`pair_plan`); the estimator's
+    functions read it while they are traced. Each pair of opposite window
+    offsets `{o, -o}` is one displacement `d` (the lexicographically
+    positive one, times the dilation): every pixel `X` of the padded map
+    whose neighbour `Y` at `+d` is inside the padded map makes one pair.
+
+    Attributes:
+        window_displacement: int array of the kernel's shape: the index of
+            each window position's displacement, `num_displacements` at the
+            centre.
+        displacements: `(num_displacements, rank)` ints.
+        pads: `(before, after)` zero padding per spatial axis, as the layer
+            pads its input.
+        x_slices: per displacement, the slices of the padded spatial axes
+            holding the pixels `X` that have a neighbour.
+        y_slices: per displacement, the slices holding their neighbours `Y`.
+        num_pairs: `(num_displacements,)` pairs per channel, batch included.
+        bins: `(num_displacements,)` float32, bins per histogram axis
+            `1 + ceil(log2(num_pairs))` (Sturges).
+        max_bins: the largest of `bins`: the histograms' static size.
+        chunk: channels estimated together in one call (a power of 2).
+        chunk_starts: first channel of each chunk; the last chunk may
+            overlap the one before it, so that every chunk is full.
     """
+
+    window_displacement: np.ndarray
+    displacements: np.ndarray
+    pads: tuple
+    x_slices: tuple
+    y_slices: tuple
+    num_pairs: np.ndarray
+    bins: np.ndarray
+    max_bins: int
+    chunk: int
+    chunk_starts: np.ndarray
+
+    @property
+    def num_displacements(self):
+        return len(self.displacements)
+
+    @property
+    def dropped_pair_cell(self):
+        """The histogram cell id given to pairs that diagonal removal drops:
+        one past the last cell of a displacement's histograms."""
+        return self.chunk * self.max_bins**2 * _COPIES
+
+
+@functools.lru_cache(maxsize=256)
+def pair_plan(shape, kernel_size, padding, dilation_rate):
+    """The `PairPlan` of a channels-last map `shape` (static ints).
+
+    Args:
+        shape: `(batch, *spatial, channels)` of the unpadded map.
+        kernel_size: tuple of ints, one per spatial axis.
+        padding: `"same"`, `"valid"` or `"causal"`.
+        dilation_rate: tuple of ints, one per spatial axis.
+    """
+    batch, spatial, channels = shape[0], shape[1:-1], shape[-1]
     groups = {}
     for index in itertools.product(*(range(s) for s in kernel_size)):
         offset = tuple(
@@ -202,45 +271,258 @@ def _displacements(kernel_size, dilation_rate):
         if any(offset):
             key = max(offset, tuple(-o for o in offset))
             groups.setdefault(key, []).append(index)
-    return sorted(groups.items())
-
-
-def _pads(kernel_size, dilation_rate, padding):
+    displacements = sorted(groups)
+    window_displacement = np.full(kernel_size, len(displacements), "int32")
+    for i, d in enumerate(displacements):
+        for index in groups[d]:
+            window_displacement[index] = i
     pads = []
     for s, r in zip(kernel_size, dilation_rate):
         total = (s - 1) * r if padding != "valid" else 0
-        left = total if padding == "causal" else total // 2
-        pads.append((left, total - left))
-    return pads
+        before = total if padding == "causal" else total // 2
+        pads.append((before, total - before))
+    padded = [n + sum(p) for n, p in zip(spatial, pads)]
+    x_slices = tuple(
+        tuple(slice(max(0, -o), n - max(0, o)) for o, n in zip(d, padded))
+        for d in displacements
+    )
+    y_slices = tuple(
+        tuple(slice(max(0, o), n - max(0, -o)) for o, n in zip(d, padded))
+        for d in displacements
+    )
+    num_pairs = np.array(
+        [batch * math.prod(n - abs(o) for o, n in zip(d, padded))
+         for d in displacements]
+    )
+    bins = 1 + np.ceil(np.log2(num_pairs))
+    per_channel = int(num_pairs.sum())
+    chunk = max(1, min(channels, _PAIRS_PER_CALL // per_channel))
+    chunk = 2 ** (chunk.bit_length() - 1)
+    return PairPlan(
+        window_displacement=window_displacement,
+        displacements=np.array(displacements, "int32"),
+        pads=tuple(pads),
+        x_slices=x_slices,
+        y_slices=y_slices,
+        num_pairs=num_pairs,
+        bins=bins.astype("float32"),
+        max_bins=int(bins.max()),
+        chunk=chunk,
+        chunk_starts=np.minimum(
+            np.arange(0, channels, chunk), channels - chunk
+        ),
+    )
+
+
+def padded_chunk(chunk, plan):
+    """A chunk of channels `(chunk, *spatial, batch)`, as float32 and
+    zero-padded as the layer pads it."""
+    chunk = ops.cast(chunk, "float32")
+    return ops.pad(chunk, [(0, 0), *plan.pads, (0, 0)])
+
+
+def pairs(x, plan, i):
+    """`(X, Y)`: the pixels of the padded chunk `x` that have a neighbour
+    at displacement `i`, and those neighbours, each `(chunk, *window, batch)`
+    with `Y[p] = x[p + d]`."""
+    every = (slice(None),)
+    return x[every + plan.x_slices[i]], x[every + plan.y_slices[i]]
+
+
+def finite_channels(x):
+    """`(chunk,)` bool: whether every value of a channel is finite."""
+    return ops.all(ops.reshape(ops.isfinite(x), (x.shape[0], -1)), axis=1)
+
+
+def bin_ranges(x, plan):
+    """`(low, high)` of the `X` (index 0) and `Y` (index 1) samples of every
+    displacement and channel, each `(2, num_displacements, chunk)`, from
+    per-position extremes over the batch (one pass over `x`)."""
+    low, high = ops.min(x, axis=-1), ops.max(x, axis=-1)  # (chunk, *padded)
+    axes = tuple(range(1, low.ndim))
+    every = (slice(None),)
+
+    def extreme(reduce, values):
+        return ops.stack([
+            ops.stack([reduce(values[every + s[i]], axis=axes)
+                       for i in range(plan.num_displacements)])
+            for s in (plan.x_slices, plan.y_slices)
+        ])
+
+    return extreme(ops.min, low), extreme(ops.max, high)
+
+
+def kept_pairs(x_values, y_values):
+    """Diagonal removal: the pairs where neither value is 0."""
+    return ops.logical_and(ops.not_equal(x_values, 0), ops.not_equal(y_values, 0))
+
+
+def kept_bin_ranges(x, plan):
+    """As `bin_ranges`, over the pairs that diagonal removal keeps, and
+    their number `(num_displacements, chunk)`."""
+    low, high, count = [], [], []
+    for i in range(plan.num_displacements):
+        x_values, y_values = pairs(x, plan, i)
+        keep = kept_pairs(x_values, y_values)
+        axes = tuple(range(1, keep.ndim))
+        low.append([ops.min(ops.where(keep, v, np.inf), axis=axes)
+                    for v in (x_values, y_values)])
+        high.append([ops.max(ops.where(keep, v, -np.inf), axis=axes)
+                     for v in (x_values, y_values)])
+        count.append(ops.sum(ops.cast(keep, "float32"), axis=axes))
+
+    def xy_first(values):
+        return ops.moveaxis(ops.stack([ops.stack(v) for v in values]), 1, 0)
+
+    return xy_first(low), xy_first(high), ops.stack(count)
+
+
+def sturges_bins(num_pairs):
+    """Bins per histogram axis for `num_pairs` pairs (at least 1 bin)."""
+    return 1.0 + ops.ceil(ops.log2(ops.maximum(num_pairs, 1.0)))
+
+
+def bin_index(values, low, high, bins):
+    """`floor((v - low) * B / (high - low + 1e-12))` as int32, `high` in
+    bin `B - 1`; 0 where that is NaN (non-finite input). `low`, `high` and
+    `bins` are per channel `(chunk,)`, `values` `(chunk, ...)`."""
+    shape = (-1,) + (1,) * (values.ndim - 1)
+    low, high, bins = (ops.reshape(t, shape) for t in (low, high, bins))
+    index = ops.floor((values - low) * (bins / (high - low + 1e-12)))
+    index = ops.where(index > 0.0, index, 0.0)  # NaN fails the test
+    return ops.cast(ops.minimum(index, bins - 1.0), "int32")
+
+
+def cell_ids(x, plan, low, high, bins, diagonal_removal):
+    """The histogram cell of every pair of the padded chunk `x`: one int32
+    tensor `(chunk, *window, batch)` per displacement (flattening them here
+    would cost XLA a copy).
+
+    A displacement's histograms are laid end to end, `(chunk, max_bins,
+    max_bins, _COPIES)`: each is kept in `_COPIES` copies, the example
+    choosing the copy, so that runs of pairs in one cell (a ReLU map's
+    zeros) do not make every count wait for the one before. With diagonal
+    removal the pairs dropped (a zero, or both values in the same bin) go
+    to `plan.dropped_pair_cell`.
+    """
+    chunk, max_bins = x.shape[0], plan.max_bins
+    ids = []
+    for i in range(plan.num_displacements):
+        x_values, y_values = pairs(x, plan, i)
+        ix = bin_index(x_values, low[0, i], high[0, i], bins[i])
+        iy = bin_index(y_values, low[1, i], high[1, i], bins[i])
+        channel = np.arange(chunk, dtype="int32") * max_bins**2
+        channel = np.reshape(channel, (chunk,) + (1,) * (x.ndim - 1))
+        copy = np.arange(x_values.shape[-1], dtype="int32") % _COPIES
+        cell = (ix * max_bins + iy + channel) * _COPIES + copy
+        if diagonal_removal:
+            keep = ops.logical_and(
+                kept_pairs(x_values, y_values), ops.not_equal(ix, iy)
+            )
+            cell = ops.where(keep, cell, plan.dropped_pair_cell)
+        ids.append(cell)
+    return ids
+
+
+def count_cells(ids, plan):
+    """How many pairs each cell holds: one flat float32 tensor per
+    displacement, from `cell_ids`."""
+    size = plan.dropped_pair_cell + 1
+    return [_count(ops.reshape(cells, (-1,)), size) for cells in ids]
+
+
+def histograms(counts, plan):
+    """The joint histograms `(num_displacements, chunk, max_bins,
+    max_bins)` from `count_cells`: the copies summed, the dropped pairs'
+    cell left out."""
+    shape = (plan.chunk, plan.max_bins, plan.max_bins, _COPIES)
+    return ops.stack([
+        ops.sum(ops.reshape(c[:-1], shape), axis=-1) for c in counts
+    ])
+
+
+def sharpened_nmi(histograms, k):
+    """`D = k * NMI / ((k - 1) * NMI + 1)` of joint histograms `(..., bins,
+    bins)`, with `NMI = (H_X + H_Y - H_XY) / H_XY` (NaN where `H_XY = 0`)."""
+    h_xy = _entropy(histograms, axis=(-2, -1))
+    h_x = _entropy(ops.sum(histograms, axis=-1), axis=-1)
+    h_y = _entropy(ops.sum(histograms, axis=-2), axis=-1)
+    nmi = (h_x + h_y - h_xy) / h_xy
+    return k * nmi / ((k - 1.0) * nmi + 1.0)
+
+
+def mean_over_channels(d):
+    """The mean of `D` `(displacements, channels)` over the channels that
+    give an estimate: NaN (non-finite or constant) channels are left out,
+    `_NO_PAIR` ones count as 0 (the authors' rule), and a displacement with
+    no channel giving an estimate is NaN."""
+    estimated = ops.greater_equal(d, 0.0)  # False for NaN and _NO_PAIR
+    d = ops.where(ops.equal(d, _NO_PAIR), 0.0, d)
+    finite = ops.logical_not(ops.isnan(d))
+    total = ops.sum(ops.where(finite, d, 0.0), axis=1)
+    mean = total / ops.sum(ops.cast(finite, "float32"), axis=1)
+    return ops.where(ops.any(estimated, axis=1), mean, np.nan)
+
+
+def _chunk_dependence(plan, k, diagonal_removal):
+    """`D` of a chunk as three steps, `(cells, count_cells, dependence)`,
+    to compile the first and the last (on TensorFlow `count_cells` runs
+    uncompiled: `DenseBincount` has no XLA kernel)."""
+
+    def cells(chunk):
+        x = padded_chunk(chunk, plan)
+        if diagonal_removal:
+            low, high, count = kept_bin_ranges(x, plan)
+            bins = sturges_bins(count)
+        else:
+            low, high = bin_ranges(x, plan)
+            bins = np.repeat(plan.bins[:, None], plan.chunk, axis=1)
+        ids = cell_ids(x, plan, low, high, bins, diagonal_removal)
+        return ids, finite_channels(x)
+
+    def dependence(counts, finite):
+        """NaN for a channel holding a non-finite value or giving a
+        constant histogram, `_NO_PAIR` where diagonal removal leaves no
+        pair."""
+        joint = histograms(counts, plan)
+        d = sharpened_nmi(joint, k)
+        if diagonal_removal:  # the authors' rule: NaN -> 0
+            d = ops.where(ops.isnan(d), 0.0, d)
+        d = ops.where(ops.sum(joint, axis=(2, 3)) == 0, _NO_PAIR, d)
+        return ops.where(finite[None, :], d, np.nan)
+
+    return cells, lambda ids: count_cells(ids, plan), dependence
 
 
 @functools.lru_cache(maxsize=256)
-def _compiled(shape, dtype, kernel_size, k, padding, dilation_rate, diagonal_removal):
-    """One compiled estimator per input shape and static configuration,
-    so that each traces exactly once."""
-    plan = _displacements(kernel_size, dilation_rate)
-
-    def estimate(feature_map):
-        per_displacement = _dependence_per_displacement(
-            feature_map,
-            [d for d, _ in plan],
-            _pads(kernel_size, dilation_rate, padding),
-            k,
-            diagonal_removal,
-        )  # (displacements, channels)
-        mean = _mean_over_channels(per_displacement)
-        # Scatter each displacement's value to its window positions.
-        which = np.full(kernel_size, len(plan), dtype="int32")  # centre
-        for i, (_, indices) in enumerate(plan):
-            for index in indices:
-                which[index] = i
-        return ops.take(ops.concatenate([mean, ops.ones((1,))]), which)
-
+def _compiled_chunk_dependence(
+    chunk_shape, dtype, kernel_size, padding, dilation_rate, k,
+    diagonal_removal,
+):
+    """`D` `(num_displacements, chunk)` of a chunk of channels `(chunk,
+    *spatial, batch)`, compiled once per chunk shape and configuration
+    (whatever the map's number of channels): NaN for a channel holding a
+    non-finite value or giving a constant histogram, `_NO_PAIR` where
+    diagonal removal leaves no pair (see `_chunk_dependence`)."""
+    del dtype  # part of the cache key only
+    chunk, *spatial, batch = chunk_shape
+    plan = pair_plan(
+        (batch, *spatial, chunk), kernel_size, padding, dilation_rate
+    )
+    cells, count_cells, dependence = _chunk_dependence(
+        plan, k, diagonal_removal
+    )
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(estimate, jit_compile=False)
+        cells = tf.function(cells, jit_compile=True)
+        dependence = tf.function(dependence, jit_compile=True)
+
+    def estimate(chunk):
+        ids, finite = cells(chunk)
+        return dependence(count_cells(ids), finite)
+
     if backend == "jax":
         import jax
 
@@ -248,186 +530,22 @@ def _compiled(shape, dtype, kernel_size, k, padding, dilation_rate, diagonal_rem
     return estimate
 
 
-def _nanmean(x, axis):
-    finite = ops.logical_not(ops.isnan(x))
-    total = ops.sum(ops.where(finite, x, 0.0), axis=axis)
-    return total / ops.sum(ops.cast(finite, "float32"), axis=axis)
-
-
-def _dependence_per_displacement(feature_map, displacements, pads, k, diagonal_removal):
-    """`D` for every (displacement, channel) of a map, zero-padded by `pads`.
-
-    Each displacement `d` pairs `x[p]` with `x[p + d]` for the positions `p`
-    where both lie inside the padded map `x`. To treat all displacements at
-    once they share the index set `p` of the whole map, with a static
-    validity mask. The channels are processed in chunks (`ops.map`), each
-    sliced, cast to float32 and padded by itself, so that the extra memory
-    stays bounded by the chunk's working set.
-    """
-    batch, channels = feature_map.shape[0], feature_map.shape[-1]
-    spatial = tuple(s + sum(p) for s, p in zip(feature_map.shape[1:-1], pads))
-    num_d = len(displacements)
-    windows = [_pair_slices(d, spatial) for d in displacements]
-    valid = np.zeros((num_d,) + spatial, dtype=bool)
-    for i, (x_slices, _) in enumerate(windows):
-        valid[(i,) + x_slices] = True
-    pairs = valid.reshape(num_d, -1).sum(axis=1) * batch  # static n per d
-    max_bins = int(1 + np.ceil(np.log2(pairs.max())))
-    chunk = max(1, min(channels, (4 * channels) // (_BYTES_PER_PAIR * num_d)))
-    # The last chunk may overlap the one before it (starts stay in range).
-    starts = np.minimum(np.arange(0, channels, chunk), channels - chunk)
-    valid = ops.convert_to_tensor(valid[:, None, None])  # (D, 1, 1, *sp)
-    static_bins = ops.convert_to_tensor(
-        (1 + np.ceil(np.log2(pairs))).astype("float32")[:, None]
-    )
-    dump = num_d * chunk * max_bins * max_bins  # the cell of dropped pairs
-
-    def channel_chunk(start):
-        """Channels `start : start + chunk`, `(chunk, batch, *spatial)`."""
-        xc = ops.slice(
-            feature_map,
-            [0] * (feature_map.ndim - 1) + [start],
-            feature_map.shape[:-1] + (chunk,),
-        )
-        xc = ops.moveaxis(ops.cast(xc, "float32"), -1, 0)
-        return ops.pad(xc, [(0, 0), (0, 0)] + list(pads))
-
-    def neighbours(xc):
-        """Stack of `x[p + d]` for each displacement (zeros outside)."""
-        shifted = []
-        for d in displacements:
-            y = xc
-            for axis, o in enumerate(d):
-                if o:
-                    y = ops.roll(y, -o, axis=axis + 2)
-            shifted.append(y)
-        return ops.stack(shifted)  # (D, chunk, batch, *spatial)
-
-    def window_ranges(xc):
-        """`(low, high)` of the X and of the Y samples, each `(D, chunk)`,
-        from per-position extremes over the batch (one pass over `xc`)."""
-        low, high = ops.min(xc, axis=1), ops.max(xc, axis=1)  # (chunk, *sp)
-        axes = tuple(range(1, 1 + len(spatial)))
-        ranges = [
-            ops.stack([
-                ops.stack([ops.min(low[(slice(None),) + s], axis=axes)
-                           for s in (x_slices, y_slices)]),
-                ops.stack([ops.max(high[(slice(None),) + s], axis=axes)
-                           for s in (x_slices, y_slices)]),
-            ])
-            for x_slices, y_slices in windows
-        ]  # D x (2: low/high, 2: X/Y, chunk)
-        return ops.moveaxis(ops.stack(ranges), 0, 2)  # (2, 2, D, chunk)
-
-    def masked_ranges(xs, ys, keep):
-        """As `window_ranges`, over the pairs in `keep` (value-dependent)."""
-        flat = (num_d, chunk, -1)
-        xs, ys, keep = (ops.reshape(ops.broadcast_to(t, keep.shape), flat)
-                        for t in (xs, ys, keep))
-        low = [ops.min(ops.where(keep, t, np.inf), axis=-1) for t in (xs, ys)]
-        high = [ops.max(ops.where(keep, t, -np.inf), axis=-1) for t in (xs, ys)]
-        return ops.stack([ops.stack(low), ops.stack(high)])
-
-    def cells(xc):
-        """Histogram cell of every pair (`dump` for the pairs not kept),
-        the number of pairs kept, `(D, chunk)`, and whether each channel
-        is finite, `(chunk,)` (a non-finite channel's cells are garbage,
-        but within range)."""
-        finite_channel = ops.all(
-            ops.reshape(ops.isfinite(xc), (chunk, -1)), axis=1
-        )
-        ys = neighbours(xc)
-        if diagonal_removal:
-            keep = ops.logical_and(
-                valid, ops.logical_and(ops.not_equal(xc, 0), ops.not_equal(ys, 0))
-            )
-            ranges = masked_ranges(xc[None], ys, keep)
-            count = ops.sum(ops.cast(ops.reshape(keep, (num_d, chunk, -1)), "float32"), axis=-1)
-            bins = 1.0 + ops.ceil(ops.log2(ops.maximum(count, 1.0)))
-        else:
-            keep, ranges = valid, window_ranges(xc)
-            count = ops.broadcast_to(ops.convert_to_tensor(pairs[:, None], "float32"), (num_d, chunk))
-            bins = ops.broadcast_to(static_bins, (num_d, chunk))
-        # (2: low/high, 2: X/Y, D, chunk, 1 for batch, 1 per spatial axis)
-        ranges = ops.reshape(ranges, tuple(ranges.shape) + (1,) * (1 + len(spatial)))
-        ix = _bin_index(xc[None], ranges[0, 0], ranges[1, 0], bins)
-        iy = _bin_index(ys, ranges[0, 1], ranges[1, 1], bins)
-        if diagonal_removal:
-            keep = ops.logical_and(keep, ops.not_equal(ix, iy))
-        offset = ops.arange(num_d * chunk, dtype="int32") * max_bins**2
-        offset = ops.reshape(offset, (num_d, chunk) + (1,) * (1 + len(spatial)))
-        ids = ops.where(keep, ix * max_bins + iy + offset, dump)
-        return ops.reshape(ids, (-1,)), count, finite_channel
-
-    def dependence(counts, count):
-        """`D` from the joint histograms `(D, chunk, bins, bins)`."""
-        h_xy = _entropy(counts, axis=(2, 3))
-        h_x = _entropy(ops.sum(counts, axis=3), axis=2)
-        h_y = _entropy(ops.sum(counts, axis=2), axis=2)
-        nmi = (h_x + h_y - h_xy) / h_xy
-        d = k * nmi / ((k - 1.0) * nmi + 1.0)
-        if diagonal_removal:  # the authors' rule: no pairs or NaN -> 0
-            d = ops.where(ops.logical_or(ops.isnan(d), count == 0), 0.0, d)
-        return d  # (D, chunk)
-
-    cells, dependence = _fused(cells), _fused(dependence)
-
-    def chunk_dependence(start):
-        """`D` of a chunk's channels, NaN for those holding a non-finite
-        value and `_NO_PAIR` for those whose histogram is empty (diagonal
-        removal left no pair)."""
-        ids, count, finite_channel = cells(channel_chunk(start))
-        counts = _count(ids, dump + 1)[:-1]
-        counts = ops.reshape(counts, (num_d, chunk, max_bins, max_bins))
-        d = dependence(counts, count)
-        d = ops.where(ops.sum(counts, axis=(2, 3)) == 0, _NO_PAIR, d)
-        return ops.where(finite_channel[None, :], d, np.nan)
-
-    d = ops.map(chunk_dependence, ops.convert_to_tensor(starts, "int32"))
-    d = ops.reshape(ops.moveaxis(d, 1, 0), (num_d, -1))  # (D, chunks * chunk)
-    # Each channel from the first chunk that holds it.
-    first = np.searchsorted(starts, np.arange(channels), side="right") - 1
-    return ops.take(d, first * chunk + np.arange(channels) - starts[first], axis=1)
-
-
-def _mean_over_channels(d):
-    """The mean of `D` `(displacements, channels)` over the channels that
-    give an estimate: NaN (non-finite or constant) channels are left out,
-    `_NO_PAIR` ones count as 0 (the authors' rule), and a displacement with
-    no channel giving an estimate is NaN."""
-    estimated = ops.greater_equal(d, 0.0)  # False for NaN and _NO_PAIR
-    defined = ops.any(estimated, axis=1)
-    mean = _nanmean(ops.where(ops.equal(d, _NO_PAIR), 0.0, d), axis=1)
-    return ops.where(defined, mean, np.nan)
-
-
-def _pair_slices(displacement, spatial):
-    """Static slices of the positions `p` whose neighbour `p + d` is inside
-    the map, and of those neighbours."""
-    x_slices = tuple(slice(max(0, -o), s - max(0, o)) for o, s in zip(displacement, spatial))
-    y_slices = tuple(slice(max(0, o), s - max(0, -o)) for o, s in zip(displacement, spatial))
-    return x_slices, y_slices
-
-
-def _fused(fn):
-    """`fn` compiled with XLA on TensorFlow, which fuses its elementwise
-    passes into one loop (about 3x faster on CPU); JAX compiles the whole
-    estimator already."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(fn, jit_compile=True)
-    return fn
-
-
 def _count(ids, length):
     """float32 counts of the ints `ids` in `[0, length)`.
 
-    `bincount` is the fast kernel on TensorFlow (about 20x faster than its
-    scatter-based `unsorted_segment_sum` on CPU) and PyTorch; under
-    `jax.jit` it needs a static length, which `segment_sum` has.
+    TensorFlow's `DenseBincount` kernel counts in per-thread histograms
+    (`ops.bincount` adds a pass for the maximum, and its scatter-based
+    `unsorted_segment_sum` is about 20x slower on CPU); PyTorch has
+    `bincount`; under `jax.jit` the length must be static, which
+    `segment_sum` has.
     """
-    if keras.backend.backend() == "jax":
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        empty = tf.zeros((0,), "float32")
+        return tf.raw_ops.DenseBincount(input=ids, size=length, weights=empty)
+    if backend == "jax":
         ones = ops.ones_like(ids, dtype="float32")
         return ops.segment_sum(ones, ids, num_segments=length)
     return ops.cast(ops.bincount(ids, minlength=length), "float32")
