@@ -220,6 +220,8 @@ class PairPlan:
         x_slices: per displacement, the slices of the padded spatial axes
             holding the pixels `X` that have a neighbour.
         y_slices: per displacement, the slices holding their neighbours `Y`.
+        windows: `(2, num_displacements, *padded)` bool: `x_slices` (index
+            0) and `y_slices` (index 1) as masks.
         num_pairs: `(num_displacements,)` pairs per channel, batch included.
         bins: `(num_displacements,)` float32, bins per histogram axis
             `1 + ceil(log2(num_pairs))` (Sturges).
@@ -234,6 +236,7 @@ class PairPlan:
     pads: tuple
     x_slices: tuple
     y_slices: tuple
+    windows: np.ndarray
     num_pairs: np.ndarray
     bins: np.ndarray
     max_bins: int
@@ -290,20 +293,29 @@ def pair_plan(shape, kernel_size, padding, dilation_rate):
         tuple(slice(max(0, o), n - max(0, -o)) for o, n in zip(d, padded))
         for d in displacements
     )
+    windows = np.zeros((2, len(displacements), *padded), bool)
+    for i in range(len(displacements)):
+        windows[(0, i) + x_slices[i]] = True
+        windows[(1, i) + y_slices[i]] = True
     num_pairs = np.array(
         [batch * math.prod(n - abs(o) for o, n in zip(d, padded))
          for d in displacements]
     )
     bins = 1 + np.ceil(np.log2(num_pairs))
-    per_channel = int(num_pairs.sum())
-    chunk = max(1, min(channels, _PAIRS_PER_CALL // per_channel))
-    chunk = 2 ** (chunk.bit_length() - 1)
+    # A power of 2 (few shapes to compile) within the budget, and no more
+    # than a third of the channels estimated twice (the last chunk
+    # overlaps the one before).
+    largest = max(1, min(channels, _PAIRS_PER_CALL // int(num_pairs.sum())))
+    chunk = 2 ** (largest.bit_length() - 1)
+    while 3 * -(-channels // chunk) * chunk > 4 * channels:
+        chunk //= 2
     return PairPlan(
         window_displacement=window_displacement,
         displacements=np.array(displacements, "int32"),
         pads=tuple(pads),
         x_slices=x_slices,
         y_slices=y_slices,
+        windows=windows,
         num_pairs=num_pairs,
         bins=bins.astype("float32"),
         max_bins=int(bins.max()),
@@ -339,17 +351,12 @@ def bin_ranges(x, plan):
     displacement and channel, each `(2, num_displacements, chunk)`, from
     per-position extremes over the batch (one pass over `x`)."""
     low, high = ops.min(x, axis=-1), ops.max(x, axis=-1)  # (chunk, *padded)
-    axes = tuple(range(1, low.ndim))
-    every = (slice(None),)
-
-    def extreme(reduce, values):
-        return ops.stack([
-            ops.stack([reduce(values[every + s[i]], axis=axes)
-                       for i in range(plan.num_displacements)])
-            for s in (plan.x_slices, plan.y_slices)
-        ])
-
-    return extreme(ops.min, low), extreme(ops.max, high)
+    inside = plan.windows[:, :, None]  # (2, num_displacements, 1, *padded)
+    axes = tuple(range(3, inside.ndim))
+    return (
+        ops.min(ops.where(inside, low, np.inf), axis=axes),
+        ops.max(ops.where(inside, high, -np.inf), axis=axes),
+    )
 
 
 def kept_pairs(x_values, y_values):
@@ -382,22 +389,19 @@ def sturges_bins(num_pairs):
     return 1.0 + ops.ceil(ops.log2(ops.maximum(num_pairs, 1.0)))
 
 
-def bin_index(values, low, high, bins):
-    """`floor((v - low) * B / (high - low + 1e-12))` as int32, `high` in
-    bin `B - 1`; 0 where that is NaN (non-finite input). `low`, `high` and
-    `bins` are per channel `(chunk,)`, `values` `(chunk, ...)`."""
-    shape = (-1,) + (1,) * (values.ndim - 1)
-    low, high, bins = (ops.reshape(t, shape) for t in (low, high, bins))
-    index = ops.floor((values - low) * (bins / (high - low + 1e-12)))
-    index = ops.where(index > 0.0, index, 0.0)  # NaN fails the test
-    return ops.cast(ops.minimum(index, bins - 1.0), "int32")
+def bin_index(values, low, scale, top):
+    """`min(floor((v - low) * scale), top)` as int32, for finite `values`
+    not below `low`."""
+    return ops.cast(ops.minimum(ops.floor((values - low) * scale), top), "int32")
 
 
 def cell_ids(x, plan, low, high, bins, diagonal_removal):
-    """The histogram cell of every pair of the padded chunk `x`: one int32
-    tensor `(chunk, *window, batch)` per displacement (flattening them here
-    would cost XLA a copy).
+    """The histogram cell of every pair of the padded chunk `x` (finite
+    values): one int32 tensor `(chunk, *window, batch)` per displacement
+    (flattening them here would cost XLA a copy).
 
+    A value `v` of a sample with range `(low, high)` is in bin
+    `floor((v - low) * B / (high - low + 1e-12))`, `high` in bin `B - 1`.
     A displacement's histograms are laid end to end, `(chunk, max_bins,
     max_bins, _COPIES)`: each is kept in `_COPIES` copies, the example
     choosing the copy, so that runs of pairs in one cell (a ReLU map's
@@ -406,14 +410,21 @@ def cell_ids(x, plan, low, high, bins, diagonal_removal):
     to `plan.dropped_pair_cell`.
     """
     chunk, max_bins = x.shape[0], plan.max_bins
+    per_channel = (plan.num_displacements, chunk) + (1,) * (x.ndim - 1)
+    scale = ops.reshape(bins / (high - low + 1e-12), (2,) + per_channel)
+    low = ops.reshape(low, (2,) + per_channel)
+    top = ops.unstack(ops.reshape(bins - 1.0, per_channel))
+    (x_low, y_low), (x_scale, y_scale) = (
+        [ops.unstack(t) for t in ops.unstack(v)] for v in (low, scale)
+    )
+    channel = np.arange(chunk, dtype="int32") * max_bins**2
+    channel = np.reshape(channel, per_channel[1:])
+    copy = np.arange(x.shape[-1], dtype="int32") % _COPIES
     ids = []
     for i in range(plan.num_displacements):
         x_values, y_values = pairs(x, plan, i)
-        ix = bin_index(x_values, low[0, i], high[0, i], bins[i])
-        iy = bin_index(y_values, low[1, i], high[1, i], bins[i])
-        channel = np.arange(chunk, dtype="int32") * max_bins**2
-        channel = np.reshape(channel, (chunk,) + (1,) * (x.ndim - 1))
-        copy = np.arange(x_values.shape[-1], dtype="int32") % _COPIES
+        ix = bin_index(x_values, x_low[i], x_scale[i], top[i])
+        iy = bin_index(y_values, y_low[i], y_scale[i], top[i])
         cell = (ix * max_bins + iy + channel) * _COPIES + copy
         if diagonal_removal:
             keep = ops.logical_and(
@@ -435,10 +446,9 @@ def histograms(counts, plan):
     """The joint histograms `(num_displacements, chunk, max_bins,
     max_bins)` from `count_cells`: the copies summed, the dropped pairs'
     cell left out."""
-    shape = (plan.chunk, plan.max_bins, plan.max_bins, _COPIES)
-    return ops.stack([
-        ops.sum(ops.reshape(c[:-1], shape), axis=-1) for c in counts
-    ])
+    counts = ops.stack(counts)[:, :-1]
+    shape = (plan.num_displacements, plan.chunk, plan.max_bins, plan.max_bins)
+    return ops.sum(ops.reshape(counts, shape + (_COPIES,)), axis=-1)
 
 
 def sharpened_nmi(histograms, k):
@@ -466,11 +476,13 @@ def mean_over_channels(d):
 
 def _chunk_dependence(plan, k, diagonal_removal):
     """`D` of a chunk as three steps, `(cells, count_cells, dependence)`,
-    to compile the first and the last (on TensorFlow `count_cells` runs
-    uncompiled: `DenseBincount` has no XLA kernel)."""
+    compiled apart on TensorFlow, where `DenseBincount` has no XLA
+    kernel."""
 
     def cells(chunk):
         x = padded_chunk(chunk, plan)
+        finite = finite_channels(x)
+        x = ops.where(ops.isfinite(x), x, 0.0)  # those channels give NaN
         if diagonal_removal:
             low, high, count = kept_bin_ranges(x, plan)
             bins = sturges_bins(count)
@@ -478,7 +490,7 @@ def _chunk_dependence(plan, k, diagonal_removal):
             low, high = bin_ranges(x, plan)
             bins = np.repeat(plan.bins[:, None], plan.chunk, axis=1)
         ids = cell_ids(x, plan, low, high, bins, diagonal_removal)
-        return ids, finite_channels(x)
+        return ids, finite
 
     def dependence(counts, finite):
         """NaN for a channel holding a non-finite value or giving a
@@ -516,8 +528,11 @@ def _compiled_chunk_dependence(
     if backend == "tensorflow":
         import tensorflow as tf
 
+        # XLA fuses the passes over the pairs (about 5x faster than a
+        # graph); on the small histograms a graph is as fast as XLA and
+        # builds in a tenth of the time.
         cells = tf.function(cells, jit_compile=True)
-        dependence = tf.function(dependence, jit_compile=True)
+        dependence = tf.function(dependence)
 
     def estimate(chunk):
         ids, finite = cells(chunk)
@@ -549,15 +564,6 @@ def _count(ids, length):
         ones = ops.ones_like(ids, dtype="float32")
         return ops.segment_sum(ones, ids, num_segments=length)
     return ops.cast(ops.bincount(ids, minlength=length), "float32")
-
-
-def _bin_index(values, low, high, bins):
-    """`floor((v - low) * B / (high - low + 1e-12))`, `high` in bin B - 1;
-    0 where that is NaN (non-finite input)."""
-    bins = ops.reshape(bins, low.shape)
-    index = ops.floor((values - low) * (bins / (high - low + 1e-12)))
-    index = ops.where(index > 0.0, index, 0.0)  # NaN fails the test
-    return ops.cast(ops.minimum(index, bins - 1.0), "int32")
 
 
 def _entropy(counts, axis):
