@@ -1,5 +1,6 @@
 """`MIScalingCallback`: learn each conv layer's SGS mask from data."""
 
+import concurrent.futures
 import contextlib
 import math
 import threading
@@ -224,10 +225,12 @@ class MIScalingCallback(keras.callbacks.Callback):
                 self.model, [layer for layer, _ in targets]
             )
         feature_maps = self._capture(self.data)
-        estimates = [
-            self._estimate(layer, fmap)
-            for (layer, _), fmap in zip(targets, feature_maps)
-        ]
+        # Two layers at a time: the estimator's compilations (a handful of
+        # shapes on the first refresh) and its serial steps overlap.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            estimates = list(pool.map(
+                self._estimate, [layer for layer, _ in targets], feature_maps
+            ))
         estimates = _mean_over_workers(self.model, estimates)
         updated = {}
         for (layer, kernel), mask, fmap in zip(

@@ -7,12 +7,18 @@ and `dependence_to_scaling` turns that into the layer's SGS mask. See
 `../docs/method.md` section 3 (Detkov et al., ICLR 2023) for the rule; the
 authors' code decides the details the paper leaves open.
 
-All channels and all displacements are processed at once (no Python loop
-over channels), in float32 whatever the input dtype, with the histogram
-size fixed from the static number of pairs, so the computation is traced
-once per input shape (`tf.function` / `jax.jit`; eager on PyTorch).
-Channels are processed in chunks so that the extra memory stays around the
-size of the feature map itself.
+How it is computed: `pair_plan` fixes, from the shapes alone, which pixels
+pair up for each displacement, the bins and the chunking. The map is
+transposed to `(channels, *spatial, batch)` and estimated a chunk of
+channels at a time by small functions, each a step of the rule and each
+tested against numpy: `padded_chunk`, `pairs`, `bin_ranges` (or
+`kept_bin_ranges` with diagonal removal), `cell_ids`, `count_cells`,
+`histograms`, `sharpened_nmi`, then `mean_over_channels`. Everything runs
+in float32 whatever the input dtype, with no Python loop over channels or
+pixels. The chunk step is compiled (`tf.function` with XLA / `jax.jit`;
+eager on PyTorch) once per chunk shape, which the number of channels does
+not change, so a network compiles a handful of shapes; the cell ids of
+one chunk, its largest temporary, are bounded by `_PAIRS_PER_CALL`.
 """
 
 import dataclasses
@@ -31,7 +37,7 @@ PADDINGS = ("same", "valid", "causal")
 # Pairs (displacements x batch x pixels x channels) per call of the
 # compiled estimator: their histogram cell ids, 4 bytes each, are its
 # largest temporary.
-_PAIRS_PER_CALL = 2**24
+_PAIRS_PER_CALL = 2**25
 # Copies of each histogram (see `cell_ids`).
 _COPIES = 4
 # `D` of a channel without any pair left (diagonal removal); `D` >= 0.
@@ -530,9 +536,11 @@ def _compiled_chunk_dependence(
 
         # XLA fuses the passes over the pairs (about 5x faster than a
         # graph); on the small histograms a graph is as fast as XLA and
-        # builds in a tenth of the time.
-        cells = tf.function(cells, jit_compile=True)
-        dependence = tf.function(dependence)
+        # builds in a tenth of the time. (`partial`: TensorFlow counts the
+        # traces of functions sharing a code object together, and would
+        # warn about "retracing" when each shape traces once.)
+        cells = tf.function(functools.partial(cells), jit_compile=True)
+        dependence = tf.function(functools.partial(dependence))
 
     def estimate(chunk):
         ids, finite = cells(chunk)

@@ -298,3 +298,167 @@ def test_numpy_scalars_are_numbers():
                  dilation_rate=np.int32(1)),
         expected, atol=1e-6,
     )
+
+
+# The estimator's steps (keras_sgs.mutual_info), each against numpy.
+
+from keras_sgs import mutual_info  # noqa: E402
+
+
+def _chunk_and_plan(shape=(3, 6, 5, 4), kernel_size=(3, 3), padding="same",
+                    dilation_rate=(1, 1), seed=0):
+    """A ReLU map, its plan, and the map as one padded float32 chunk
+    `(channels, *padded, batch)` (numpy) with the plan of that chunk."""
+    fmap = _relu_map(seed, shape)
+    plan = mutual_info.pair_plan(shape, kernel_size, padding, dilation_rate)
+    padded = np.pad(fmap, [(0, 0), *plan.pads, (0, 0)])
+    chunk = np.moveaxis(padded, [-1, 0], [0, -1])
+    return fmap, plan, chunk
+
+
+def _numpy_pairs(padded_chunk, plan, i):
+    every = (slice(None),)
+    return (padded_chunk[every + plan.x_slices[i]],
+            padded_chunk[every + plan.y_slices[i]])
+
+
+def test_pair_plan():
+    plan = mutual_info.pair_plan((2, 8, 8, 70), (3, 3), "same", (1, 1))
+    np.testing.assert_array_equal(
+        plan.displacements, [(0, 1), (1, -1), (1, 0), (1, 1)]
+    )
+    # Opposite offsets share a displacement; the centre is the last index.
+    np.testing.assert_array_equal(
+        plan.window_displacement, [[3, 2, 1], [0, 4, 0], [1, 2, 3]]
+    )
+    assert plan.pads == ((1, 1), (1, 1))
+    np.testing.assert_array_equal(
+        plan.num_pairs, [2 * 10 * 9, 2 * 9 * 9, 2 * 9 * 10, 2 * 9 * 9]
+    )
+    np.testing.assert_array_equal(
+        plan.bins, 1 + np.ceil(np.log2(plan.num_pairs))
+    )
+    assert plan.max_bins == plan.bins.max()
+    assert plan.windows.shape == (2, 4, 10, 10)
+    np.testing.assert_array_equal(
+        plan.windows.sum(axis=(2, 3)) * 2, [plan.num_pairs] * 2
+    )
+    # Chunks: a power of 2, every channel in one, at most a third twice.
+    assert plan.chunk & (plan.chunk - 1) == 0
+    covered = np.zeros(70, int)
+    for start in plan.chunk_starts:
+        covered[start : start + plan.chunk] += 1
+    assert covered.min() == 1 and covered.sum() <= 70 * 4 / 3
+    causal = mutual_info.pair_plan((2, 9, 3), (3,), "causal", (2,))
+    assert causal.pads == ((4, 0),)
+    np.testing.assert_array_equal(causal.displacements, [(2,)])
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_pairs_and_bin_ranges(padding):
+    _, plan, chunk = _chunk_and_plan(padding=padding)
+    x = keras.ops.convert_to_tensor(chunk)
+    low, high = (keras.ops.convert_to_numpy(t)
+                 for t in mutual_info.bin_ranges(x, plan))
+    for i, d in enumerate(plan.displacements):
+        xs, ys = (keras.ops.convert_to_numpy(t)
+                  for t in mutual_info.pairs(x, plan, i))
+        expected_x, expected_y = _numpy_pairs(chunk, plan, i)
+        np.testing.assert_array_equal(xs, expected_x)
+        np.testing.assert_array_equal(ys, expected_y)
+        # Y is X's neighbour at +d in the padded map.
+        np.testing.assert_array_equal(
+            np.roll(chunk, -d, axis=(1, 2))[(slice(None),) + plan.x_slices[i]],
+            expected_y,
+        )
+        for side, values in enumerate((expected_x, expected_y)):
+            flat = values.reshape(len(values), -1)
+            np.testing.assert_array_equal(low[side, i], flat.min(axis=1))
+            np.testing.assert_array_equal(high[side, i], flat.max(axis=1))
+
+
+def test_kept_bin_ranges():
+    _, plan, chunk = _chunk_and_plan()
+    low, high, count = (
+        keras.ops.convert_to_numpy(t) for t in mutual_info.kept_bin_ranges(
+            keras.ops.convert_to_tensor(chunk), plan
+        )
+    )
+    for i in range(plan.num_displacements):
+        xs, ys = _numpy_pairs(chunk, plan, i)
+        for c in range(chunk.shape[0]):
+            keep = (xs[c] != 0) & (ys[c] != 0)
+            assert count[i, c] == keep.sum()
+            for side, values in enumerate((xs[c], ys[c])):
+                assert low[side, i, c] == values[keep].min()
+                assert high[side, i, c] == values[keep].max()
+
+
+@pytest.mark.parametrize("diagonal_removal", [False, True])
+def test_cell_ids_and_histograms(diagonal_removal):
+    """`cell_ids` -> `count_cells` -> `histograms` equal numpy's 2-D
+    histogram of each (displacement, channel) with method.md's bins."""
+    _, plan, chunk = _chunk_and_plan(shape=(3, 6, 5, 4))
+    x = keras.ops.convert_to_tensor(chunk)
+    if diagonal_removal:
+        low, high, count = mutual_info.kept_bin_ranges(x, plan)
+        bins = keras.ops.convert_to_numpy(mutual_info.sturges_bins(count))
+    else:
+        low, high = mutual_info.bin_ranges(x, plan)
+        bins = np.repeat(plan.bins[:, None], plan.chunk, axis=1)
+    ids = mutual_info.cell_ids(x, plan, low, high, bins, diagonal_removal)
+    joint = keras.ops.convert_to_numpy(mutual_info.histograms(
+        mutual_info.count_cells(ids, plan), plan
+    ))
+    assert joint.shape == (plan.num_displacements, plan.chunk) + (plan.max_bins,) * 2
+    for i in range(plan.num_displacements):
+        xs, ys = _numpy_pairs(chunk.astype(np.float64), plan, i)
+        for c in range(plan.chunk):
+            xv, yv = xs[c].ravel(), ys[c].ravel()
+            if diagonal_removal:
+                keep = (xv != 0) & (yv != 0)
+                xv, yv = xv[keep], yv[keep]
+            b = int(bins[i, c])
+
+            def index(v):
+                i = np.floor((v - v.min()) * b / (v.max() + 1e-12 - v.min()))
+                return np.minimum(i, b - 1).astype(int)
+
+            expected = np.zeros((plan.max_bins,) * 2)
+            np.add.at(expected, (index(xv), index(yv)), 1)
+            if diagonal_removal:
+                expected[np.arange(b), np.arange(b)] = 0
+            np.testing.assert_array_equal(joint[i, c], expected)
+
+
+def test_sharpened_nmi():
+    rng = np.random.default_rng(3)
+    joint = rng.integers(0, 50, (3, 5, 6, 6)).astype("float32")
+    joint[0, 0] = 0.0
+    joint[0, 0, 2, 4] = 7.0  # one cell: H_XY = 0, NaN
+    d = keras.ops.convert_to_numpy(mutual_info.sharpened_nmi(joint, 2.0))
+
+    def entropy(c):
+        p = c[c > 0] / c.sum()
+        return -np.sum(p * np.log2(p))
+
+    for i, c in np.ndindex(3, 5):
+        h = joint[i, c].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            nmi = (entropy(h.sum(0)) + entropy(h.sum(1)) - entropy(h)) / entropy(h)
+            expected = 2 * nmi / (nmi + 1)
+        np.testing.assert_allclose(d[i, c], expected, atol=1e-6)
+    assert np.isnan(d[0, 0])
+
+
+def test_mean_over_channels():
+    no_pair = mutual_info._NO_PAIR
+    d = np.array([
+        [0.2, 0.4, np.nan],  # NaN channels are left out
+        [0.3, no_pair, np.nan],  # no pair counts as 0 (the authors)
+        [np.nan, np.nan, np.nan],  # no channel: undefined
+        [no_pair, no_pair, np.nan],  # no estimate at all: undefined
+    ], "float32")
+    mean = keras.ops.convert_to_numpy(mutual_info.mean_over_channels(d))
+    np.testing.assert_allclose(mean[:2], [0.3, 0.15], atol=1e-7)
+    assert np.isnan(mean[2]) and np.isnan(mean[3])
