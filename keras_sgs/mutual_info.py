@@ -539,8 +539,10 @@ def _compiled_chunk_dependence(
         # builds in a tenth of the time. (`partial`: TensorFlow counts the
         # traces of functions sharing a code object together, and would
         # warn about "retracing" when each shape traces once.)
-        cells = tf.function(functools.partial(cells), jit_compile=True)
-        dependence = tf.function(functools.partial(dependence))
+        cells = tf.function(
+            functools.partial(cells), jit_compile=True, autograph=False
+        )
+        dependence = tf.function(functools.partial(dependence), autograph=False)
 
     def estimate(chunk):
         ids, finite = cells(chunk)
