@@ -47,7 +47,7 @@ left() {  # seconds until $1 seconds after the start, at least 30
     --parallel=6 --output="$runs/accuracy.md" ${ACCURACY_ARGS:-} \
     || echo "accuracy study stopped: exit $?"
   time timeout -k 10 "$(left 570)" python3 benchmarks/mi_refresh.py --data="$DATA" \
-    --imagenet_map=false --output="$OUT/mi_refresh.md" ${MI_ARGS:-} \
+    --imagenet_map=false --applications= --output="$OUT/mi_refresh.md" ${MI_ARGS:-} \
     || echo "mi_refresh stopped: exit $?"
 } 2>&1 | grep -v "^WARNING: All log messages" | tee -a "$OUT/log.txt"
 cp "$runs/accuracy.md" "$OUT/accuracy.md" 2>/dev/null || echo "no accuracy table" | tee -a "$OUT/log.txt"

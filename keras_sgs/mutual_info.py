@@ -36,8 +36,10 @@ from keras_sgs._numbers import is_real
 PADDINGS = ("same", "valid", "causal")
 # Pairs (displacements x batch x pixels x channels) per call of the
 # compiled estimator: their histogram cell ids, 4 bytes each, are its
-# largest temporary.
-_PAIRS_PER_CALL = 2**25
+# largest temporary. The fastest on CPU (benchmarks/mi_refresh.py):
+# TensorFlow's `DenseBincount` counts on every core and gains from large
+# calls; XLA's scatter (JAX) counts on one, within the cache.
+_PAIRS_PER_CALL = {"tensorflow": 2**25, "jax": 2**20, "torch": 2**22}
 # Copies of each histogram (see `cell_ids`).
 _COPIES = 4
 # `D` of a channel without any pair left (diagonal removal); `D` >= 0.
@@ -249,6 +251,12 @@ class PairPlan:
     chunk: int
     chunk_starts: np.ndarray
 
+    def __post_init__(self):
+        # Shared by every caller (`pair_plan` caches it): read-only.
+        for value in vars(self).values():
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+
     @property
     def num_displacements(self):
         return len(self.displacements)
@@ -311,7 +319,8 @@ def pair_plan(shape, kernel_size, padding, dilation_rate):
     # A power of 2 (few shapes to compile) within the budget, and no more
     # than a third of the channels estimated twice (the last chunk
     # overlaps the one before).
-    largest = max(1, min(channels, _PAIRS_PER_CALL // int(num_pairs.sum())))
+    budget = _PAIRS_PER_CALL.get(keras.backend.backend(), 2**22)
+    largest = max(1, min(channels, budget // int(num_pairs.sum())))
     chunk = 2 ** (largest.bit_length() - 1)
     while 3 * -(-channels // chunk) * chunk > 4 * channels:
         chunk //= 2

@@ -462,3 +462,10 @@ def test_mean_over_channels():
     mean = keras.ops.convert_to_numpy(mutual_info.mean_over_channels(d))
     np.testing.assert_allclose(mean[:2], [0.3, 0.15], atol=1e-7)
     assert np.isnan(mean[2]) and np.isnan(mean[3])
+
+
+def test_pair_plan_is_shared_read_only():
+    plan = mutual_info.pair_plan((2, 8, 8, 3), (3, 3), "same", (1, 1))
+    assert plan is mutual_info.pair_plan((2, 8, 8, 3), (3, 3), "same", (1, 1))
+    with pytest.raises(ValueError, match="read-only"):
+        plan.bins[0] = 1.0
