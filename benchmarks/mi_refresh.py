@@ -33,7 +33,9 @@ target is a first refresh of at most 3x the warm one plus 5 s.
 """
 
 import multiprocessing
+import os
 import statistics
+import tempfile
 import time
 
 from absl import app
@@ -58,8 +60,14 @@ flags.DEFINE_bool(
     "imagenet_map", True, "Also time the estimator on an ImageNet-sized map."
 )
 flags.DEFINE_list(
-    "applications", ["MobileNetV2", "EfficientNetB0", "NASNetMobile"],
+    "applications",
+    ["MobileNetV2", "EfficientNetB0", "NASNetMobile", "ConvNeXtTiny"],
     "keras.applications models for the first-refresh table (empty: none).",
+)
+flags.DEFINE_string(
+    "compare_backend", "torch",
+    "Also time the warm refresh of the keras.applications models on this "
+    "Keras backend, same weights and images (empty: no).",
 )
 flags.DEFINE_string(
     "output", "benchmarks/results/mi_refresh.md", "Markdown table path."
@@ -162,21 +170,35 @@ def measure(model, images):
     )
 
 
-def in_fresh_process(fn, *args):
-    """`fn(*args)` in a new process: its allocators hold no memory from
-    earlier runs (else a peak would hide in their pools), and nothing is
-    compiled yet."""
+def in_fresh_process(fn, *args, backend=None):
+    """`fn(*args)` in a new process (on Keras backend `backend`, default
+    this one): its allocators hold no memory from earlier runs (else a
+    peak would hide in their pools), and nothing is compiled yet."""
     context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(fn, args)
+    previous = os.environ.get("KERAS_BACKEND")
+    os.environ["KERAS_BACKEND"] = backend or keras.backend.backend()
+    try:
+        with context.Pool(1) as pool:
+            return pool.apply(fn, args)
+    finally:
+        if previous is None:
+            del os.environ["KERAS_BACKEND"]
+        else:
+            os.environ["KERAS_BACKEND"] = previous
 
 
-def measure_application(name, data, count, repeats):
-    """First and warm refresh of `keras.applications.<name>`."""
+def measure_application(name, data, count, repeats, weights, load):
+    """First and warm refresh of `keras.applications.<name>`, with its
+    weights saved to (`load=False`) or loaded from `weights`, so that
+    every backend estimates from the same model; and the masks."""
     images, _ = cifar10_images(data, count)
     model = getattr(keras.applications, name)(
         weights=None, input_shape=images.shape[1:], classes=10
     )
+    if load:
+        model.load_weights(weights)
+    else:
+        model.save_weights(weights)
     model.compile(keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1)), "mse")
     callback = keras_sgs.MIScalingCallback(images)
     callback.set_model(model)
@@ -186,10 +208,10 @@ def measure_application(name, data, count, repeats):
     warm = []
     for _ in range(repeats):
         start = time.perf_counter()
-        callback.refresh()
+        masks = callback.refresh()
         warm.append(time.perf_counter() - start)
     return dict(layers=len(callback._targets), first=first,
-                warm=statistics.median(warm))
+                warm=statistics.median(warm), masks=masks)
 
 
 def measure_imagenet_map(repeats, shape=(256, 58, 58, 64)):
@@ -252,26 +274,53 @@ def main(_):
 
 
 def applications_table():
+    other = FLAGS.compare_backend
+    if other == keras.backend.backend():
+        other = ""
+    columns = (
+        f" {other} warm (s) | {other} / this backend | max abs mask diff |"
+        if other else ""
+    )
     lines = [
         "",
         "First refresh on `keras.applications` models (`weights=None`, "
         f"32x32, {FLAGS.images} images), each in a new process; target: "
-        "first <= 3 x warm + 5 s:",
+        "first <= 3 x warm + 5 s"
+        + (f"; {other}: same weights and images, target <= 2x" if other else "")
+        + ":",
         "",
         "| model | scaled conv layers | first refresh (s, compiles) "
-        "| warm refresh (s) | target (s) | met |",
-        "|---|---|---|---|---|---|",
+        "| warm refresh (s) | target (s) | met |" + columns,
+        "|---|---|---|---|---|---|" + "---|---|---|" * bool(other),
     ]
-    for name in FLAGS.applications:
-        r = in_fresh_process(
-            measure_application, name, FLAGS.data, FLAGS.images,
-            FLAGS.repeats,
-        )
-        target = 3 * r["warm"] + 5
-        lines.append(
-            f"| {name} | {r['layers']} | {r['first']:.1f} | {r['warm']:.2f} "
-            f"| {target:.1f} | {'yes' if r['first'] <= target else '**no**'} |"
-        )
+    with tempfile.TemporaryDirectory() as folder:
+        for name in FLAGS.applications:
+            weights = os.path.join(folder, f"{name}.weights.h5")
+            args = (name, FLAGS.data, FLAGS.images, FLAGS.repeats, weights)
+            r = in_fresh_process(measure_application, *args, False)
+            target = 3 * r["warm"] + 5
+            line = (
+                f"| {name} | {r['layers']} | {r['first']:.1f} | "
+                f"{r['warm']:.2f} | {target:.1f} | "
+                f"{'yes' if r['first'] <= target else '**no**'} |"
+            )
+            if other:
+                o = in_fresh_process(
+                    measure_application, *args, True, backend=other
+                )
+                both = r["masks"].keys() & o["masks"].keys()
+                error = max(
+                    np.abs(r["masks"][k] - o["masks"][k]).max() for k in both
+                )
+                if len(both) < max(len(r["masks"]), len(o["masks"])):
+                    error = "**layers differ**"
+                else:
+                    error = f"{error:.1e}"
+                line += (
+                    f" {o['warm']:.2f} | {o['warm'] / r['warm']:.1f}x | "
+                    f"{error} |"
+                )
+            lines.append(line)
     return lines
 
 

@@ -147,6 +147,8 @@ def spatial_dependence(
         )
     if not (is_real(k) and k > 0 and math.isfinite(k)):
         raise ValueError(f"`k` must be a positive number. Received: k={k!r}")
+    # Histograms have no gradient; a PyTorch map may require one.
+    feature_map = ops.stop_gradient(ops.convert_to_tensor(feature_map))
     plan = pair_plan(shape, kernel_size, padding, dilation_rate)
     estimate = _compiled_chunk_dependence(
         (plan.chunk,) + shape[1:-1] + shape[:1],
@@ -426,6 +428,7 @@ def cell_ids(x, plan, low, high, bins, diagonal_removal):
     """
     chunk, max_bins = x.shape[0], plan.max_bins
     per_channel = (plan.num_displacements, chunk) + (1,) * (x.ndim - 1)
+    bins = ops.convert_to_tensor(bins, "float32")
     scale = ops.reshape(bins / (high - low + 1e-12), (2,) + per_channel)
     low = ops.reshape(low, (2,) + per_channel)
     top = ops.unstack(ops.reshape(bins - 1.0, per_channel))

@@ -436,7 +436,9 @@ def test_sharpened_nmi():
     joint = rng.integers(0, 50, (3, 5, 6, 6)).astype("float32")
     joint[0, 0] = 0.0
     joint[0, 0, 2, 4] = 7.0  # one cell: H_XY = 0, NaN
-    d = keras.ops.convert_to_numpy(mutual_info.sharpened_nmi(joint, 2.0))
+    d = keras.ops.convert_to_numpy(
+        mutual_info.sharpened_nmi(keras.ops.convert_to_tensor(joint), 2.0)
+    )
 
     def entropy(c):
         p = c[c > 0] / c.sum()
