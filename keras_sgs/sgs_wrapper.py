@@ -521,18 +521,16 @@ class SGSWrapper(keras.optimizers.Optimizer):
             for g, v, m in zip(grads, variables, masks)
             if m is not None and g is not None
         ]
-        learning_rate = inner.learning_rate
-        old_values = [ops.copy(v) for v, _ in scaled]
+        kernels = [v for v, _ in scaled]
+        old_values = [ops.copy(v) for v in kernels]
+        # The decay alone, by the inner optimizer's own rule (Muon decays
+        # conv kernels with `adam_weight_decay`), then the whole step.
+        inner._apply_weight_decay(kernels)
+        decayed_values = [ops.copy(v) for v in kernels]
+        self._assign_in_replica_context(kernels, old_values)
         inner.apply(grads, trainable_variables)
         new_values = []
-        for (variable, mask), old in zip(scaled, old_values):
-            decayed = old
-            if inner.weight_decay is not None and inner._use_weight_decay(
-                variable
-            ):
-                lr = ops.cast(learning_rate, variable.dtype)
-                wd = ops.cast(inner.weight_decay, variable.dtype)
-                decayed = old - old * wd * lr
+        for (variable, mask), decayed in zip(scaled, decayed_values):
             value = ops.convert_to_tensor(variable)
             mask = ops.cast(mask, variable.dtype)
             # Where the mask is 0 the result is `decayed` exactly, where it

@@ -600,6 +600,55 @@ def test_swap_ema_weights_under_mixed_precision(mixed_float16):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+KERAS_OPTIMIZERS = {
+    "Adam": lambda: keras.optimizers.Adam(0.01),
+    "AdamW": lambda: keras.optimizers.AdamW(0.01, weight_decay=0.1),
+    "Adamax": lambda: keras.optimizers.Adamax(0.01),
+    "Nadam": lambda: keras.optimizers.Nadam(0.01),
+    "RMSprop": lambda: keras.optimizers.RMSprop(0.01),
+    "Adagrad": lambda: keras.optimizers.Adagrad(0.01),
+    "Adadelta": lambda: keras.optimizers.Adadelta(0.5),
+    "Adafactor": lambda: keras.optimizers.Adafactor(0.01),
+    "Lion": lambda: keras.optimizers.Lion(0.01, weight_decay=0.1),
+    "Lamb": lambda: keras.optimizers.Lamb(0.01),
+    "Ftrl": lambda: keras.optimizers.Ftrl(0.01),
+    "Muon": lambda: keras.optimizers.Muon(
+        0.01, weight_decay=0.5, adam_weight_decay=0.05
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_OPTIMIZERS))
+def test_update_mode_with_all_ones_masks_is_the_inner_optimizer(name):
+    make = KERAS_OPTIMIZERS[name]
+    _, variables, start, steps = random_problem(12, 3)
+    plain = trajectory(make(), variables, start, steps)
+    wrapped = trajectory(
+        keras_sgs.SGSWrapper(make(), mode="update"), variables, start, steps
+    )
+    for a, b in zip(plain[-1], wrapped[-1]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("make, rate", [
+    (lambda: keras.optimizers.AdamW(0.1, weight_decay=0.2), 0.2),
+    # Muon decays conv kernels (not 2-D) with `adam_weight_decay`.
+    (lambda: keras.optimizers.Muon(
+        0.1, weight_decay=0.5, adam_weight_decay=0.05
+    ), 0.05),
+])
+def test_update_mode_decays_zero_mask_positions_by_the_inner_rule(make, rate):
+    model, variables, start, steps = random_problem(13, 1)
+    kernel = model.get_layer("conv2d").kernel
+    optimizer = _built(keras_sgs.SGSWrapper(make(), mode="update"), variables)
+    optimizer.set_mask(kernel, np.zeros((3, 3)))
+    old = keras.ops.convert_to_numpy(kernel).copy()
+    optimizer.apply(steps[0], variables)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(kernel), old - old * rate * 0.1, rtol=1e-6
+    )
+
+
 def test_serialization_round_trip():
     optimizer = keras_sgs.SGSWrapper(
         keras.optimizers.SGD(0.1, momentum=0.9), mode="update",
