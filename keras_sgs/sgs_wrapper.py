@@ -150,8 +150,10 @@ class SGSWrapper(keras.optimizers.Optimizer):
       whose mask is 0 stays exactly where it was). Decoupled
       weight decay is taken out of the masked part and applied unscaled,
       as each branch would decay by itself; constraints are applied again
-      after masking. Not available with `gradient_accumulation_steps` or
-      `ema_overwrite_frequency` on the inner optimizer.
+      after masking (once: not where every mask value is 1). Not available
+      with `gradient_accumulation_steps` or `use_ema` on the inner
+      optimizer, whose accumulators and averages would follow the unmasked
+      steps.
 
     Coupled weight decay (`coupled_weight_decay=wd`), PyTorch's
     `SGD(weight_decay=wd)` that the authors train with: each step adds
@@ -247,15 +249,15 @@ class SGSWrapper(keras.optimizers.Optimizer):
             )
         if mode == "update" and (
             inner_optimizer.gradient_accumulation_steps
-            or inner_optimizer.ema_overwrite_frequency
+            or inner_optimizer.use_ema
         ):
             raise ValueError(
                 "mode='update' cannot mask the step of an inner optimizer "
-                "that accumulates gradients or overwrites variables with "
-                "their EMA. Received: gradient_accumulation_steps="
+                "that accumulates gradients or averages the weights (its "
+                "average would follow the unmasked steps). Use "
+                "mode='gradient'. Received: gradient_accumulation_steps="
                 f"{inner_optimizer.gradient_accumulation_steps}, "
-                "ema_overwrite_frequency="
-                f"{inner_optimizer.ema_overwrite_frequency}"
+                f"use_ema={inner_optimizer.use_ema}"
             )
         self.inner_optimizer = inner_optimizer
         self.mode = mode
@@ -278,9 +280,17 @@ class SGSWrapper(keras.optimizers.Optimizer):
 
     # -- building -----------------------------------------------------------
 
-    @tracking.no_automatic_dependency_tracking
     def build(self, var_list):
         var_list = list(var_list)
+        self._build_masks(var_list)
+        # Outside `_build_masks`'s no-tracking scope: some optimizers
+        # (Nadam, Adafactor) create variables in `build` that only
+        # attribute tracking finds.
+        self.inner_optimizer.build(var_list)
+        super().build(var_list)
+
+    @tracking.no_automatic_dependency_tracking
+    def _build_masks(self, var_list):
         owners = conv_kernel_owners(var_list)
         unused = self._unused_mask_keys()
         self._masks = []
@@ -317,8 +327,6 @@ class SGSWrapper(keras.optimizers.Optimizer):
                 f"kernel. Unused: {sorted(unused)}. Scaled kernels: "
                 f"{[v.path for v in var_list if id(v) in owners]}"
             )
-        self.inner_optimizer.build(var_list)
-        super().build(var_list)
 
     def _unused_mask_keys(self):
         if self._initial_masks is None:
@@ -348,7 +356,45 @@ class SGSWrapper(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        return self._variables + self.inner_optimizer.variables
+        """The inner optimizer's variables (its step count first), then the
+        masks: what `SGD` saves, `SGSWrapper(SGD)` saves first."""
+        return self.inner_optimizer.variables + [
+            m for m in self._masks if m is not None
+        ]
+
+    def set_weights(self, weights):
+        """Assigns `weights`, one array per variable of `variables`."""
+        if not self.built:
+            raise ValueError(
+                "This SGSWrapper is not built yet: call "
+                "`optimizer.build(model.trainable_variables)` before "
+                "`set_weights()`."
+            )
+        variables = self.variables
+        if len(weights) != len(variables):
+            raise ValueError(
+                f"`weights` must hold {len(variables)} arrays, one per "
+                f"variable of `optimizer.variables`. Received: "
+                f"{len(weights)} arrays"
+            )
+        for variable, weight in zip(variables, weights):
+            if tuple(variable.shape) != tuple(np.shape(weight)):
+                raise ValueError(
+                    f"`weights` must match the shapes of `optimizer."
+                    f"variables`. Received: shape {tuple(np.shape(weight))} "
+                    f"for {variable.path} of shape {tuple(variable.shape)}"
+                )
+            variable.assign(weight)
+
+    def load_own_variables(self, store):
+        # The state of a plain optimizer (`SGD`, saved without masks) is the
+        # inner optimizer's state; the masks keep their values.
+        if len(store.keys()) == len(self.inner_optimizer.variables) < len(
+            self.variables
+        ):
+            self.inner_optimizer.load_own_variables(store)
+            return
+        super().load_own_variables(store)
 
     # -- masks --------------------------------------------------------------
 
@@ -412,6 +458,9 @@ class SGSWrapper(keras.optimizers.Optimizer):
     # -- applying -----------------------------------------------------------
 
     def apply(self, grads, trainable_variables=None):
+        grads = list(grads)
+        if not grads:
+            return  # as any optimizer: nothing to do, nothing to build
         if not self.built:
             if trainable_variables is None:
                 raise ValueError(
@@ -428,7 +477,6 @@ class SGSWrapper(keras.optimizers.Optimizer):
             trainable_variables = list(trainable_variables)
             self._check_variables_are_known(trainable_variables)
             variables = trainable_variables
-        grads = list(grads)
         masks = [self._masks[self._get_variable_index(v)] for v in variables]
         if self.mode == "gradient":
             grads = apply_masks(grads, masks)
@@ -473,18 +521,16 @@ class SGSWrapper(keras.optimizers.Optimizer):
             for g, v, m in zip(grads, variables, masks)
             if m is not None and g is not None
         ]
-        learning_rate = inner.learning_rate
-        old_values = [ops.copy(v) for v, _ in scaled]
+        kernels = [v for v, _ in scaled]
+        old_values = [ops.copy(v) for v in kernels]
+        # The decay alone, by the inner optimizer's own rule (Muon decays
+        # conv kernels with `adam_weight_decay`), then the whole step.
+        inner._apply_weight_decay(kernels)
+        decayed_values = [ops.copy(v) for v in kernels]
+        self._assign_in_replica_context(kernels, old_values)
         inner.apply(grads, trainable_variables)
         new_values = []
-        for (variable, mask), old in zip(scaled, old_values):
-            decayed = old
-            if inner.weight_decay is not None and inner._use_weight_decay(
-                variable
-            ):
-                lr = ops.cast(learning_rate, variable.dtype)
-                wd = ops.cast(inner.weight_decay, variable.dtype)
-                decayed = old - old * wd * lr
+        for (variable, mask), decayed in zip(scaled, decayed_values):
             value = ops.convert_to_tensor(variable)
             mask = ops.cast(mask, variable.dtype)
             # Where the mask is 0 the result is `decayed` exactly, where it
@@ -493,7 +539,13 @@ class SGSWrapper(keras.optimizers.Optimizer):
                 mask == 1, value, decayed + mask * (value - decayed)
             )
             if variable.constraint is not None:
-                value = variable.constraint(value)
+                # Where every mask value is 1 the inner optimizer has
+                # constrained `value` already (MaxNorm is not idempotent).
+                value = ops.cond(
+                    ops.all(mask == 1),
+                    lambda value=value: value,
+                    lambda value=value, c=variable.constraint: c(value),
+                )
             new_values.append(value)
         self._assign_in_replica_context([v for v, _ in scaled], new_values)
 
@@ -545,6 +597,12 @@ class SGSWrapper(keras.optimizers.Optimizer):
         inner = self.__dict__.get("inner_optimizer")
         if inner is not None:
             inner.loss_scale_factor = value
+
+    @property
+    def _model_variables_moving_average(self):
+        # What `keras.callbacks.SwapEMAWeights` swaps, also when the wrapper
+        # sits inside a `LossScaleOptimizer` (mixed precision).
+        return self.inner_optimizer._model_variables_moving_average
 
     def scale_loss(self, loss):
         return self.inner_optimizer.scale_loss(loss)

@@ -442,6 +442,213 @@ def test_ema_finalisation_is_forwarded():
         np.testing.assert_allclose(keras.ops.convert_to_numpy(v), a)
 
 
+def _built(optimizer, variables):
+    optimizer.build(variables)
+    return optimizer
+
+
+def test_variables_are_the_inner_state_then_the_masks():
+    model = mixed_model()
+    variables = model.trainable_variables
+    inner = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer = _built(keras_sgs.SGSWrapper(inner), variables)
+    masks = [optimizer.get_mask(v) for v in variables]
+    masks = [m for m in masks if m is not None]
+    assert optimizer.variables == inner.variables + masks
+    # Code that reads the step count as `variables[0]` (Keras's own tests
+    # do) finds it.
+    assert optimizer.variables[0] is optimizer.iterations
+
+
+def test_set_weights_restores_the_inner_state():
+    _, variables, start, steps = random_problem(7, 2)
+    source = keras_sgs.SGSWrapper(keras.optimizers.Adam(0.01), mode="update")
+    trajectory(source, variables, start, steps)
+    source.set_mask(variables[0], np.full((3, 3), 2.0))
+    target = _built(
+        keras_sgs.SGSWrapper(keras.optimizers.Adam(0.01), mode="update"),
+        variables,
+    )
+    target.set_weights([keras.ops.convert_to_numpy(v) for v in source.variables])
+    assert int(target.iterations) == 2
+    for a, b in zip(source.variables, target.variables):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+        )
+    with pytest.raises(ValueError, match="must hold"):
+        target.set_weights([])
+
+
+def test_loads_the_state_of_the_plain_inner_optimizer():
+    _, variables, start, steps = random_problem(8, 2)
+    plain = keras.optimizers.SGD(0.1, momentum=0.9)
+    trajectory(plain, variables, start, steps)
+    store = {}
+    plain.save_own_variables(store)
+    wrapped = _built(
+        keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1, momentum=0.9)),
+        variables,
+    )
+    wrapped.load_own_variables(store)
+    assert int(wrapped.iterations) == 2
+    for a, b in zip(plain.variables, wrapped.inner_optimizer.variables):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+        )
+    # And its own state, masks included, round-trips.
+    wrapped.set_mask(variables[0], np.full((3, 3), 0.5))
+    store = {}
+    wrapped.save_own_variables(store)
+    other = _built(
+        keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1, momentum=0.9)),
+        variables,
+    )
+    other.load_own_variables(store)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(other.get_mask(variables[0]))[..., 0, 0],
+        0.5,
+    )
+
+
+@pytest.mark.parametrize("make", [
+    lambda: keras.optimizers.Nadam(0.01),
+    lambda: keras.optimizers.Adafactor(0.01),
+])
+def test_tracks_what_the_inner_optimizer_builds(make):
+    """Nadam's `_u_product` and Adafactor's factored moments are created
+    in `build` and found by attribute tracking only."""
+    model = mixed_model()
+    variables = model.trainable_variables
+    plain = _built(make(), variables)
+    optimizer = _built(keras_sgs.SGSWrapper(make(), mode="update"), variables)
+    def shapes(optimizer):
+        return [tuple(v.shape) for v in optimizer.variables]
+
+    assert shapes(optimizer.inner_optimizer) == shapes(plain)
+    assert len(shapes(plain)) > 2 + 2 * len(variables)  # beyond the moments
+
+
+def test_apply_with_no_gradients_is_a_no_op():
+    model, variables, start, steps = random_problem(9, 1)
+    optimizer = keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1))
+    optimizer.apply([], [])
+    assert not optimizer.built
+    trajectory(optimizer, variables, start, steps)  # builds and steps
+    assert int(optimizer.iterations) == 1
+
+
+def test_update_mode_applies_a_constraint_once():
+    """With all-ones masks the update mode equals the inner optimizer even
+    under a constraint that is not idempotent (MaxNorm)."""
+    rng = np.random.default_rng(10)
+
+    def make_model():
+        inputs = keras.Input((6, 6, 2))
+        x = keras.layers.Conv2D(
+            3, 3, kernel_constraint=keras.constraints.MaxNorm(0.3),
+            name="conv",
+        )(inputs)
+        return keras.Model(inputs, x)
+
+    model = make_model()
+    variables = model.trainable_variables
+    start = values(variables)
+    steps = [random_grads(variables, rng) for _ in range(20)]
+    plain = trajectory(keras.optimizers.SGD(0.5), variables, start, steps)
+    wrapped = trajectory(
+        keras_sgs.SGSWrapper(keras.optimizers.SGD(0.5), mode="update"),
+        variables, start, steps,
+    )
+    for a, b in zip(plain[-1], wrapped[-1]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture
+def mixed_float16():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_swap_ema_weights_under_mixed_precision(mixed_float16):
+    """`compile()` wraps the wrapper in a `LossScaleOptimizer`; Keras's
+    `SwapEMAWeights` must find the averages through it, and training must
+    equal the plain inner optimizer's (all-ones masks)."""
+    rng = np.random.default_rng(11)
+    images = rng.normal(size=(16, 8, 8, 3)).astype("float32")
+    targets = rng.normal(size=(16, 2)).astype("float32")
+
+    def train(optimizer):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        model = keras.Model(inputs, keras.layers.Dense(2, dtype="float32")(x))
+        model.compile(optimizer, "mse")
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        model.fit(
+            images, targets, batch_size=8, epochs=2, verbose=0,
+            validation_data=(images, targets),
+            callbacks=[keras.callbacks.SwapEMAWeights(swap_on_epoch=True)],
+        )
+        return values(model.weights)
+
+    def sgd():
+        return keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.5)
+
+    for a, b in zip(train(sgd()), train(keras_sgs.SGSWrapper(sgd()))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+KERAS_OPTIMIZERS = {
+    "Adam": lambda: keras.optimizers.Adam(0.01),
+    "AdamW": lambda: keras.optimizers.AdamW(0.01, weight_decay=0.1),
+    "Adamax": lambda: keras.optimizers.Adamax(0.01),
+    "Nadam": lambda: keras.optimizers.Nadam(0.01),
+    "RMSprop": lambda: keras.optimizers.RMSprop(0.01),
+    "Adagrad": lambda: keras.optimizers.Adagrad(0.01),
+    "Adadelta": lambda: keras.optimizers.Adadelta(0.5),
+    "Adafactor": lambda: keras.optimizers.Adafactor(0.01),
+    "Lion": lambda: keras.optimizers.Lion(0.01, weight_decay=0.1),
+    "Lamb": lambda: keras.optimizers.Lamb(0.01),
+    "Ftrl": lambda: keras.optimizers.Ftrl(0.01),
+    "Muon": lambda: keras.optimizers.Muon(
+        0.01, weight_decay=0.5, adam_weight_decay=0.05
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_OPTIMIZERS))
+def test_update_mode_with_all_ones_masks_is_the_inner_optimizer(name):
+    make = KERAS_OPTIMIZERS[name]
+    _, variables, start, steps = random_problem(12, 3)
+    plain = trajectory(make(), variables, start, steps)
+    wrapped = trajectory(
+        keras_sgs.SGSWrapper(make(), mode="update"), variables, start, steps
+    )
+    for a, b in zip(plain[-1], wrapped[-1]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("make, rate", [
+    (lambda: keras.optimizers.AdamW(0.1, weight_decay=0.2), 0.2),
+    # Muon decays conv kernels (not 2-D) with `adam_weight_decay`.
+    (lambda: keras.optimizers.Muon(
+        0.1, weight_decay=0.5, adam_weight_decay=0.05
+    ), 0.05),
+])
+def test_update_mode_decays_zero_mask_positions_by_the_inner_rule(make, rate):
+    model, variables, start, steps = random_problem(13, 1)
+    kernel = model.get_layer("conv2d").kernel
+    optimizer = _built(keras_sgs.SGSWrapper(make(), mode="update"), variables)
+    optimizer.set_mask(kernel, np.zeros((3, 3)))
+    old = keras.ops.convert_to_numpy(kernel).copy()
+    optimizer.apply(steps[0], variables)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(kernel), old - old * rate * 0.1, rtol=1e-6
+    )
+
+
 def test_serialization_round_trip():
     optimizer = keras_sgs.SGSWrapper(
         keras.optimizers.SGD(0.1, momentum=0.9), mode="update",
@@ -500,6 +707,13 @@ def test_serialization_round_trip():
             ),
             ValueError,
             "gradient_accumulation_steps=2",
+        ),
+        (
+            lambda: keras_sgs.SGSWrapper(
+                keras.optimizers.Adam(use_ema=True), mode="update"
+            ),
+            ValueError,
+            "use_ema=True",
         ),
         (
             lambda: keras_sgs.SGSWrapper(keras.optimizers.SGD(), clipnorm=1.0),
