@@ -408,8 +408,8 @@ def sturges_bins(num_pairs):
 
 def bin_index(values, low, scale, top):
     """`min(floor((v - low) * scale), top)` as int32, for finite `values`
-    not below `low`."""
-    return ops.cast(ops.minimum(ops.floor((values - low) * scale), top), "int32")
+    not below `low` (where the cast's truncation is the floor)."""
+    return ops.minimum(ops.cast((values - low) * scale, "int32"), top)
 
 
 def cell_ids(x, plan, low, high, bins, diagonal_removal):
@@ -431,7 +431,7 @@ def cell_ids(x, plan, low, high, bins, diagonal_removal):
     bins = ops.convert_to_tensor(bins, "float32")
     scale = ops.reshape(bins / (high - low + 1e-12), (2,) + per_channel)
     low = ops.reshape(low, (2,) + per_channel)
-    top = ops.unstack(ops.reshape(bins - 1.0, per_channel))
+    top = ops.unstack(ops.reshape(ops.cast(bins, "int32") - 1, per_channel))
     (x_low, y_low), (x_scale, y_scale) = (
         [ops.unstack(t) for t in ops.unstack(v)] for v in (low, scale)
     )

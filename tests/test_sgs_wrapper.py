@@ -447,6 +447,14 @@ def _built(optimizer, variables):
     return optimizer
 
 
+def _assert_same_values(xs, ys):
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(x), keras.ops.convert_to_numpy(y)
+        )
+
+
 def test_variables_are_the_inner_state_then_the_masks():
     model = mixed_model()
     variables = model.trainable_variables
@@ -471,10 +479,7 @@ def test_set_weights_restores_the_inner_state():
     )
     target.set_weights([keras.ops.convert_to_numpy(v) for v in source.variables])
     assert int(target.iterations) == 2
-    for a, b in zip(source.variables, target.variables):
-        np.testing.assert_array_equal(
-            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
-        )
+    _assert_same_values(source.variables, target.variables)
     with pytest.raises(ValueError, match="must hold"):
         target.set_weights([])
 
@@ -485,24 +490,22 @@ def test_loads_the_state_of_the_plain_inner_optimizer():
     trajectory(plain, variables, start, steps)
     store = {}
     plain.save_own_variables(store)
-    wrapped = _built(
-        keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1, momentum=0.9)),
-        variables,
-    )
+
+    def wrapped_sgd():
+        return _built(
+            keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1, momentum=0.9)),
+            variables,
+        )
+
+    wrapped = wrapped_sgd()
     wrapped.load_own_variables(store)
     assert int(wrapped.iterations) == 2
-    for a, b in zip(plain.variables, wrapped.inner_optimizer.variables):
-        np.testing.assert_array_equal(
-            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
-        )
+    _assert_same_values(plain.variables, wrapped.inner_optimizer.variables)
     # And its own state, masks included, round-trips.
     wrapped.set_mask(variables[0], np.full((3, 3), 0.5))
     store = {}
     wrapped.save_own_variables(store)
-    other = _built(
-        keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1, momentum=0.9)),
-        variables,
-    )
+    other = wrapped_sgd()
     other.load_own_variables(store)
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(other.get_mask(variables[0]))[..., 0, 0],
