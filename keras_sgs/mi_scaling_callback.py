@@ -10,9 +10,8 @@ import warnings
 import keras
 import numpy as np
 from keras import ops
-from keras.src.models.functional import Functional
-from keras.src.utils import io_utils
 
+from keras_sgs import _keras_private as private
 from keras_sgs._numbers import is_int
 from keras_sgs._numbers import is_real
 from keras_sgs.conv_kernels import spatial_kernels
@@ -248,7 +247,7 @@ class MIScalingCallback(keras.callbacks.Callback):
             wrapper.set_mask(kernel, mask)
             updated[layer.name] = mask
             if self.verbose:
-                io_utils.print_msg(
+                private.print_msg(
                     f"SGS mask {layer.name}: "
                     + np.array2string(mask, precision=3, separator=", ")
                 )
@@ -544,7 +543,7 @@ def _compiled_capture(model, layers):
 def _input_submodel(model, layers):
     """`keras.Model(model.inputs, [layer.input ...])`, or `None` when some
     layer is not called exactly once in `model`'s own graph."""
-    if isinstance(model, Functional):
+    if isinstance(model, private.Functional):
         inputs = model.input  # the structure the model is called with
     elif isinstance(model, keras.Sequential):
         inputs = (getattr(model, "inputs", None) or [None])[0]

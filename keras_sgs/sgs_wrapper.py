@@ -7,8 +7,8 @@ import warnings
 import keras
 import numpy as np
 from keras import ops
-from keras.src.utils import tracking
 
+from keras_sgs import _keras_private as private
 from keras_sgs import masks as masks_lib
 from keras_sgs._numbers import is_real
 from keras_sgs.conv_kernels import conv_kernel_owners
@@ -289,7 +289,7 @@ class SGSWrapper(keras.optimizers.Optimizer):
         self.inner_optimizer.build(var_list)
         super().build(var_list)
 
-    @tracking.no_automatic_dependency_tracking
+    @private.no_automatic_dependency_tracking
     def _build_masks(self, var_list):
         owners = conv_kernel_owners(var_list)
         unused = self._unused_mask_keys()
@@ -501,7 +501,7 @@ class SGSWrapper(keras.optimizers.Optimizer):
             if (
                 g is None
                 or getattr(v, "overwrite_with_gradient", False)
-                or not inner._use_weight_decay(v)
+                or not private.uses_weight_decay(inner, v)
             ):
                 result.append(g)
                 continue
@@ -525,7 +525,7 @@ class SGSWrapper(keras.optimizers.Optimizer):
         old_values = [ops.copy(v) for v in kernels]
         # The decay alone, by the inner optimizer's own rule (Muon decays
         # conv kernels with `adam_weight_decay`), then the whole step.
-        inner._apply_weight_decay(kernels)
+        private.apply_weight_decay(inner, kernels)
         decayed_values = [ops.copy(v) for v in kernels]
         self._assign_in_replica_context(kernels, old_values)
         inner.apply(grads, trainable_variables)
@@ -554,8 +554,6 @@ class SGSWrapper(keras.optimizers.Optimizer):
             for variable, value in zip(variables, values):
                 variable.assign(value)
             return
-        import tensorflow as tf
-
         def assign_all(distribution, pairs):
             for variable, value in pairs:
                 distribution.extended.update(
@@ -565,10 +563,8 @@ class SGSWrapper(keras.optimizers.Optimizer):
                     group=False,
                 )
 
-        tf.__internal__.distribute.interim.maybe_merge_call(
-            assign_all,
-            self._distribution_strategy,
-            list(zip(variables, values)),
+        private.merge_call(
+            assign_all, self._distribution_strategy, list(zip(variables, values))
         )
 
     # -- forwarded to the inner optimizer ------------------------------------
@@ -602,7 +598,7 @@ class SGSWrapper(keras.optimizers.Optimizer):
     def _model_variables_moving_average(self):
         # What `keras.callbacks.SwapEMAWeights` swaps, also when the wrapper
         # sits inside a `LossScaleOptimizer` (mixed precision).
-        return self.inner_optimizer._model_variables_moving_average
+        return private.moving_averages(self.inner_optimizer)
 
     def scale_loss(self, loss):
         return self.inner_optimizer.scale_loss(loss)
