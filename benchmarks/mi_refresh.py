@@ -142,12 +142,22 @@ def timed_peak(fn):
     return result, seconds, _status_mb("VmHWM") - before
 
 
-def measure(model, images):
+def timed_refreshes(model, images, repeats):
+    """`model` compiled with an `SGSWrapper` and an `MIScalingCallback` on
+    `images`: `(callback, masks, seconds and peak extra MB of the first
+    refresh, median seconds of `repeats` warm ones)`."""
     model.compile(keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1)), "mse")
     callback = keras_sgs.MIScalingCallback(images)
     callback.set_model(model)
-    masks, first, ours_mb = timed_peak(callback.refresh)
-    warm = [timed_peak(callback.refresh)[1] for _ in range(FLAGS.repeats)]
+    masks, first, first_mb = timed_peak(callback.refresh)
+    warm = [timed_peak(callback.refresh)[1] for _ in range(repeats)]
+    return callback, masks, first, first_mb, statistics.median(warm)
+
+
+def measure(model, images):
+    callback, masks, first, ours_mb, warm = timed_refreshes(
+        model, images, FLAGS.repeats
+    )
     layers = [layer for layer, _ in callback._targets]
 
     def authors_way():
@@ -164,8 +174,8 @@ def measure(model, images):
         np.abs(masks[name] - reference[name]).max() for name in reference
     )
     return dict(
-        first=first, warm=statistics.median(warm), authors=authors,
-        error=error, layers=len(layers), map_mb=map_mb, ours_mb=ours_mb,
+        first=first, warm=warm, authors=authors, error=error,
+        layers=len(layers), map_mb=map_mb, ours_mb=ours_mb,
         authors_mb=authors_mb,
     )
 
@@ -199,19 +209,9 @@ def measure_application(name, data, count, repeats, weights, load):
         model.load_weights(weights)
     else:
         model.save_weights(weights)
-    model.compile(keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1)), "mse")
-    callback = keras_sgs.MIScalingCallback(images)
-    callback.set_model(model)
-    start = time.perf_counter()
-    callback.refresh()
-    first = time.perf_counter() - start
-    warm = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        masks = callback.refresh()
-        warm.append(time.perf_counter() - start)
-    return dict(layers=len(callback._targets), first=first,
-                warm=statistics.median(warm), masks=masks)
+    callback, masks, first, _, warm = timed_refreshes(model, images, repeats)
+    return dict(layers=len(callback._targets), first=first, warm=warm,
+                masks=masks)
 
 
 def measure_imagenet_map(repeats, shape=(256, 58, 58, 64)):

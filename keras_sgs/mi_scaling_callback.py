@@ -329,8 +329,7 @@ class MIScalingCallback(keras.callbacks.Callback):
         return targets
 
     def _estimate(self, layer, fmap):
-        if getattr(layer, "data_format", "channels_last") == "channels_first":
-            fmap = ops.moveaxis(fmap, 1, -1)
+        fmap = _channels_last(layer, fmap)
         padding = layer.padding if layer.padding in ("same", "causal") else "valid"
         dependence = spatial_dependence(
             fmap,
@@ -343,15 +342,21 @@ class MIScalingCallback(keras.callbacks.Callback):
         return ops.convert_to_numpy(dependence_to_scaling(dependence))
 
 
+def _channels_last(layer, fmap):
+    """A layer's input map with the channels last, as the estimator reads
+    it."""
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return ops.moveaxis(fmap, 1, -1)
+    return fmap
+
+
 def _layer_key(item):
     return item if isinstance(item, str) else id(item)
 
 
 def _why_undefined(layer, fmap, diagonal_removal):
     """Why no channel of a layer's input gives an estimate, in words."""
-    x = ops.convert_to_numpy(fmap)
-    if getattr(layer, "data_format", "channels_last") == "channels_first":
-        x = np.moveaxis(x, 1, -1)
+    x = ops.convert_to_numpy(_channels_last(layer, fmap))
     x = x.reshape(-1, x.shape[-1]).astype("float64")
     finite = np.isfinite(x)
     non_finite = int(np.sum(~finite.all(axis=0)))

@@ -301,22 +301,22 @@ def pair_plan(shape, kernel_size, padding, dilation_rate):
         before = total if padding == "causal" else total // 2
         pads.append((before, total - before))
     padded = [n + sum(p) for n, p in zip(spatial, pads)]
-    x_slices = tuple(
-        tuple(slice(max(0, -o), n - max(0, o)) for o, n in zip(d, padded))
-        for d in displacements
-    )
-    y_slices = tuple(
-        tuple(slice(max(0, o), n - max(0, -o)) for o, n in zip(d, padded))
-        for d in displacements
-    )
+
+    def window_slices(sign):
+        """Per displacement, the slices of the positions `p` (sign -1) or
+        `p + d` (sign +1) of the pairs."""
+        return tuple(
+            tuple(slice(max(0, sign * o), n - max(0, -sign * o))
+                  for o, n in zip(d, padded))
+            for d in displacements
+        )
+
+    x_slices, y_slices = window_slices(-1), window_slices(1)
     windows = np.zeros((2, len(displacements), *padded), bool)
     for i in range(len(displacements)):
         windows[(0, i) + x_slices[i]] = True
         windows[(1, i) + y_slices[i]] = True
-    num_pairs = np.array(
-        [batch * math.prod(n - abs(o) for o, n in zip(d, padded))
-         for d in displacements]
-    )
+    num_pairs = batch * windows[0].reshape(len(displacements), -1).sum(axis=1)
     bins = 1 + np.ceil(np.log2(num_pairs))
     # A power of 2 (few shapes to compile) within the budget, and no more
     # than a third of the channels estimated twice (the last chunk

@@ -547,7 +547,7 @@ class SGSWrapper(keras.optimizers.Optimizer):
                     lambda value=value, c=variable.constraint: c(value),
                 )
             new_values.append(value)
-        self._assign_in_replica_context([v for v, _ in scaled], new_values)
+        self._assign_in_replica_context(kernels, new_values)
 
     def _assign_in_replica_context(self, variables, values):
         if keras.backend.backend() != "tensorflow":
