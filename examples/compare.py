@@ -22,30 +22,34 @@ accuracies: the comparison shows the mechanics and their cost, not the
 paper's gain.
 """
 
-import json
 import os
 import shutil
 import types
 
-import common
+import run_dir
 import train_cifar
+import train_flags
+import training
 from absl import app
 from absl import flags
 
 flags.DEFINE_list(
-    "methods", ["baseline", "sgs_mi"],
-    f"Methods to train, in order, from {', '.join(common.METHODS)}.")
+    "methods",
+    ["baseline", "sgs_mi"],
+    f"Methods to train, in order, from {', '.join(train_flags.METHODS)}.",
+)
 flags.register_validator(
     "methods",
-    lambda methods: methods and set(methods) <= set(common.METHODS),
-    f"--methods must list some of {', '.join(common.METHODS)}.")
+    lambda methods: methods and set(methods) <= set(train_flags.METHODS),
+    f"--methods must list some of {', '.join(train_flags.METHODS)}.",
+)
 DEMO_DEFAULTS = {
     "model": "vgg11",
     "width": 0.25,
     "epochs": 30,
     "refresh_every": 1,
     "verbose": 2,
-    "output_dir": str(common.REPO / "runs" / "compare"),
+    "output_dir": str(training.REPO / "runs" / "compare"),
 }
 flags.adopt_module_key_flags(train_cifar)
 FLAGS = flags.FLAGS
@@ -55,12 +59,14 @@ for _name, _value in DEMO_DEFAULTS.items():
 
 def train_method(method):
     """Trains one method with the flags' settings; returns its results."""
-    config = types.SimpleNamespace(**{
-        **FLAGS.flag_values_dict(),
-        "method": method,
-        "output_dir": os.path.join(FLAGS.output_dir, method),
-    })
-    return common.train(config, train_cifar.TASK)
+    config = types.SimpleNamespace(
+        **{
+            **FLAGS.flag_values_dict(),
+            "method": method,
+            "output_dir": os.path.join(FLAGS.output_dir, method),
+        }
+    )
+    return training.train(config, train_cifar.TASK)
 
 
 def table(results):
@@ -73,7 +79,8 @@ def table(results):
         rows.append(
             f"| {method} | {r['test_accuracy']:.4f} | "
             f"{r['seconds_per_epoch']:.2f} | {r['sgs_refreshes']} | "
-            f"{r['sgs_refresh_seconds']:.2f} |")
+            f"{r['sgs_refresh_seconds']:.2f} |"
+        )
     return "\n".join(rows)
 
 
@@ -83,14 +90,17 @@ def main(argv):
         f"{FLAGS.model} (width {FLAGS.width}), {FLAGS.epochs} epochs on "
         f"{FLAGS.data or train_cifar.TASK.train_data}; SGS-MI refreshes "
         f"the masks every {FLAGS.refresh_every} epoch(s) from epoch "
-        f"{FLAGS.refresh_warmup + 1} on.", flush=True)
+        f"{FLAGS.refresh_warmup + 1} on.",
+        flush=True,
+    )
     results = {method: train_method(method) for method in FLAGS.methods}
     print(table(results))
-    with open(os.path.join(FLAGS.output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    run_dir.write_json(os.path.join(FLAGS.output_dir, "results.json"), results)
     if "sgs_mi" in results:
-        shutil.copy(os.path.join(FLAGS.output_dir, "sgs_mi", "masks.png"),
-                    FLAGS.output_dir)
+        shutil.copy(
+            os.path.join(FLAGS.output_dir, "sgs_mi", "masks.png"),
+            FLAGS.output_dir,
+        )
     print(f"Wrote {FLAGS.output_dir}/results.json", flush=True)
 
 

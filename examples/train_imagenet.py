@@ -20,43 +20,51 @@ python3 examples/train_imagenet.py --data='/data/train-*' \
     --test_data='/data/validation-*' --num_train_examples=1281167
 ```
 
-See `common.py` for what is written to --output_dir; a run started again
+See `training.py` for what is written to --output_dir; a run started again
 with the same --output_dir resumes after its last finished epoch.
 """
 
-import common
+import pipelines
 import tensorflow as tf
+import train_flags
+import training
 from absl import app
 from absl import flags
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
-common.define_flags(
+train_flags.define_flags(
     models=("imagenet_resnet18", "imagenet_resnet50"),
     epochs=120,
     batch_size=256,
-    lr_help="Learning rate per 256 images: the run uses lr * batch_size / "
-    "256, decayed to 0 by a cosine over all steps.",
     weight_decay=1e-4,
-    weight_decay_help="Coupled weight decay (PyTorch SGD's, added after the "
-    "SGS mask) on conv and dense kernels.",
     nesterov=True,
     strategy="auto",
     diagonal_removal=True,
-    data_help="TFRecord glob of the training images (tf.train.Example with "
-    "image/encoded JPEG and image/class/label); overrides --tfds_name.",
-    tfds_help="tensorflow_datasets name, used without --data.",
-    num_classes_help="Number of classes. Defaults to the tfds metadata, "
-    "else 1000.",
+    help_texts={
+        "lr": "Learning rate per 256 images: the run uses lr * batch_size / "
+        "256, decayed to 0 by a cosine over all steps.",
+        "weight_decay": "Coupled weight decay (PyTorch SGD's, added after "
+        "the SGS mask) on conv and dense kernels.",
+        "data": "TFRecord glob of the training images (tf.train.Example "
+        "with image/encoded JPEG and image/class/label); overrides "
+        "--tfds_name.",
+        "tfds_name": "tensorflow_datasets name, used without --data.",
+        "num_classes": "Number of classes. Defaults to the tfds metadata, "
+        "else 1000.",
+    },
 )
-flags.adopt_module_key_flags(common)
+flags.adopt_module_key_flags(train_flags)
 flags.DEFINE_integer("image_size", 224, "Training and test image size.")
 flags.DEFINE_string(
-    "tfds_manual_dir", None,
-    "Folder holding the ImageNet archives tfds prepares the data from.")
+    "tfds_manual_dir",
+    None,
+    "Folder holding the ImageNet archives tfds prepares the data from.",
+)
 flags.DEFINE_integer(
-    "label_offset", 0, "Added to TFRecord labels (-1 for labels 1..1000).")
+    "label_offset", 0, "Added to TFRecord labels (-1 for labels 1..1000)."
+)
 FLAGS = flags.FLAGS
 FLAGS.set_default("tfds_name", "imagenet2012")
 
@@ -79,7 +87,7 @@ def random_resized_crop(size):
         image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
         image = tf.image.resize(image, (size, size))
         image = tf.image.random_flip_left_right(image)
-        return common.normalize(image, MEAN, STD), label
+        return pipelines.normalize(image, MEAN, STD), label
 
     return crop
 
@@ -92,23 +100,25 @@ def center_crop(size):
         shape = tf.io.extract_jpeg_shape(encoded)
         height, width = shape[0], shape[1]
         side = tf.cast(
-            size / (size + 32) * tf.cast(tf.minimum(height, width),
-                                         tf.float32),
-            tf.int32)
+            size / (size + 32) * tf.cast(tf.minimum(height, width), tf.float32),
+            tf.int32,
+        )
         window = tf.stack(
-            [(height - side + 1) // 2, (width - side + 1) // 2, side, side])
+            [(height - side + 1) // 2, (width - side + 1) // 2, side, side]
+        )
         image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
         image = tf.image.resize(image, (size, size))
-        return common.normalize(image, MEAN, STD), label
+        return pipelines.normalize(image, MEAN, STD), label
 
     return crop
 
 
 def make_task(image_size, label_offset, tfds_manual_dir):
-    """The ImageNet `common.Task` for this image size."""
-    return common.Task(
+    """The ImageNet `pipelines.Task` for this image size."""
+    return pipelines.Task(
         name="imagenet",
         input_shape=(image_size, image_size, 3),
+        exact_image_size=False,
         num_classes=1000,
         train_data=None,
         test_data=None,
@@ -122,12 +132,13 @@ def make_task(image_size, label_offset, tfds_manual_dir):
         decay_kernels_only=True,
         label_offset=label_offset,
         tfds_manual_dir=tfds_manual_dir,
+        defining_flags=("image_size", "label_offset"),
     )
 
 
 def main(argv):
     del argv
-    common.train(
+    training.train(
         FLAGS,
         make_task(FLAGS.image_size, FLAGS.label_offset, FLAGS.tfds_manual_dir),
     )

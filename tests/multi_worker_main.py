@@ -14,16 +14,18 @@ import sys
 
 # The same strategy set-up as the example scripts (with its work-around for
 # Keras 3.15.1's multi-worker `fit()`).
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
-from common import multi_worker_strategy  # noqa: E402
+sys.path.insert(
+    0, str(pathlib.Path(__file__).resolve().parents[1] / "examples")
+)
+from strategies import multi_worker_strategy  # noqa: E402
 
 # The strategy must exist before any other TensorFlow op runs in this
 # process (it sets up the collective ops between the workers).
 strategy = multi_worker_strategy()
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import keras_sgs  # noqa: E402
 from keras_sgs.tfrecords import read_image_records  # noqa: E402

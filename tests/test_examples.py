@@ -34,7 +34,7 @@ TINY = [
     "--refresh_every=1",
     "--verbose=2",
 ]
-STOPPED_EXIT_CODE = 75  # examples/common.py
+STOPPED_EXIT_CODE = 75  # examples/run_callbacks.py
 
 
 def run_script(script, *args, expect_returncode=0):

@@ -1,0 +1,166 @@
+"""The flags of `train_cifar.py` and `train_imagenet.py`, and which of them
+define a run (a restart must not change those)."""
+
+from absl import flags
+
+METHODS = ("baseline", "sgs_mi", "sgs_constant", "acb", "repvgg")
+SGS_METHODS = ("sgs_mi", "sgs_constant")
+CONV_TYPES = {"acb": "acb", "repvgg": "repvgg"}  # other methods: "plain"
+STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+# The flags that define a run: what it trains, on what, with which recipe.
+# Recorded in --output_dir at the first start; a restart with other values
+# is refused. (--strategy, --verbose, --mixed_precision... may change.)
+DEFINING_FLAGS = (
+    "model",
+    "method",
+    "width",
+    "data",
+    "test_data",
+    "tfds_name",
+    "num_classes",
+    "num_train_examples",
+    "epochs",
+    "batch_size",
+    "steps_per_epoch",
+    "seed",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "refresh_every",
+    "refresh_warmup",
+    "refresh_batches",
+    "mi_k",
+    "diagonal_removal",
+)
+
+
+def define_flags(
+    *,
+    models,
+    epochs,
+    batch_size,
+    weight_decay,
+    nesterov,
+    strategy,
+    diagonal_removal,
+    help_texts,
+):
+    """Defines the flags both training scripts take.
+
+    Args:
+        models: the `--model` choices; the first is the default.
+        epochs, batch_size, weight_decay, nesterov, strategy,
+            diagonal_removal: the defaults of those flags (the recipe).
+        help_texts: dict, the help of `lr`, `weight_decay`, `data`,
+            `tfds_name` and `num_classes`, which differ per script.
+    """
+    flags.DEFINE_enum("model", models[0], models, "Architecture.")
+    flags.DEFINE_enum(
+        "method",
+        "baseline",
+        METHODS,
+        "baseline: plain convs, SGD. sgs_mi: SGSWrapper(SGD) with masks "
+        "learned by MIScalingCallback. sgs_constant: SGSWrapper(SGD) with "
+        "ACNet's fixed 3x3+1x3+3x1 mask. acb / repvgg: branched convs "
+        "(keras_sgs.reparam), SGD; also evaluated after fusion.",
+    )
+    flags.DEFINE_integer("epochs", epochs, "Training epochs.", lower_bound=1)
+    flags.DEFINE_integer(
+        "batch_size",
+        batch_size,
+        "Global batch size (split over the replicas).",
+        lower_bound=1,
+    )
+    flags.DEFINE_float("lr", 0.1, help_texts["lr"])
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    flags.DEFINE_bool("nesterov", nesterov, "Nesterov momentum.")
+    flags.DEFINE_float("weight_decay", weight_decay, help_texts["weight_decay"])
+    flags.DEFINE_integer("seed", 0, "Random seed.")
+    flags.DEFINE_float(
+        "width", 1.0, "Width multiplier of the model's channels."
+    )
+    flags.DEFINE_string("data", None, help_texts["data"])
+    flags.DEFINE_string(
+        "test_data", None, "TFRecord glob of the test images (with --data)."
+    )
+    flags.DEFINE_string("tfds_name", None, help_texts["tfds_name"])
+    flags.DEFINE_string(
+        "tfds_data_dir", None, "tensorflow_datasets data_dir (--tfds_name)."
+    )
+    flags.DEFINE_integer("num_classes", None, help_texts["num_classes"])
+    flags.DEFINE_integer(
+        "num_train_examples",
+        None,
+        "Training images in --data; counted with one pass when not given.",
+    )
+    flags.DEFINE_enum(
+        "strategy",
+        strategy,
+        STRATEGIES,
+        "default: one device. mirrored: MirroredStrategy over all local "
+        "GPUs (two logical CPUs when there is no GPU). multiworker: "
+        "MultiWorkerMirroredStrategy (TF_CONFIG). auto: multiworker when "
+        "TF_CONFIG is set, else mirrored.",
+    )
+    flags.DEFINE_bool(
+        "mixed_precision", False, "Train under the mixed_float16 policy."
+    )
+    flags.DEFINE_string(
+        "output_dir",
+        None,
+        "Where the run's flags, backups, checkpoints, logs, history.json, "
+        "masks.png and results.json go. Defaults to "
+        "runs/<cifar|imagenet>/<model>_<method> in the repository.",
+    )
+    flags.DEFINE_bool(
+        "overwrite",
+        False,
+        "Start over in --output_dir: delete what an earlier run with other "
+        "flags (or a finished run) left there.",
+    )
+    flags.DEFINE_integer(
+        "verbose",
+        1,
+        "Keras verbosity: 0 silent, 1 progress bars, 2 one line per epoch.",
+        lower_bound=0,
+        upper_bound=2,
+    )
+    flags.DEFINE_integer(
+        "steps_per_epoch",
+        None,
+        "Training steps per epoch. Defaults to training images // batch_size.",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "refresh_every",
+        5,
+        "SGS-MI: epochs between mask refreshes.",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "refresh_warmup",
+        1,
+        "SGS-MI: the first epoch (0-based) that refreshes; masks are ones "
+        "before it.",
+        lower_bound=0,
+    )
+    flags.DEFINE_integer(
+        "refresh_batches",
+        2,
+        "SGS-MI: held-out batches per refresh: the first training batches "
+        "without augmentation (test preprocessing).",
+        lower_bound=1,
+    )
+    flags.DEFINE_float("mi_k", 5.0, "SGS-MI: sharpening k of the estimate.")
+    flags.DEFINE_bool(
+        "diagonal_removal",
+        diagonal_removal,
+        "SGS-MI: drop zero pairs and the histogram diagonal.",
+    )
+    flags.DEFINE_integer(
+        "stop_after_epoch",
+        None,
+        "For testing resumption: exit (status 75, like a killed job) "
+        "after this many epochs, once the backup is written.",
+    )
