@@ -152,11 +152,11 @@ def tfds_examples(name, split, data_dir, manual_dir=None):
         download_and_prepare_kwargs={"download_config": download_config},
     )
     dataset = dataset.map(lambda image, label: (image, tf.cast(label, "int32")))
-    return (
-        dataset,
-        info.splits[split].num_examples,
-        info.features["label"].num_classes,
-    )
+    if split in info.splits:
+        size = info.splits[split].num_examples
+    else:  # no split metadata (e.g. `tfds.testing.mock_data`): count
+        size = int(dataset.reduce(0, lambda n, _: n + 1))
+    return dataset, size, info.features["label"].num_classes
 
 
 def load_data(config, task):

@@ -23,6 +23,7 @@ pytestmark = tensorflow_only
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
+TESTS = REPO / "tests"
 SAMPLE = REPO / "data" / "cifar10_sample"
 # Tiny runs: 2 epochs of 2 steps of 32 images on a narrow model, every
 # SGS-MI refresh possible (from epoch 2 on).
@@ -37,12 +38,17 @@ TINY = [
 STOPPED_EXIT_CODE = 75  # examples/run_callbacks.py
 
 
-def run_script(script, *args, expect_returncode=0):
-    """Runs `examples/<script>` with `args`; returns its output."""
+def run_script(script, *args, expect_returncode=0, tfds_examples=None):
+    """Runs `examples/<script>` with `args`; returns its output. With
+    `tfds_examples`, tensorflow_datasets is mocked to hold that many
+    random examples of each split (`tfds_mock_main.py`)."""
     env = dict(os.environ, KERAS_BACKEND="tensorflow",
                TF_CPP_MIN_LOG_LEVEL="2")
+    command = [sys.executable, str(EXAMPLES / script), *args]
+    if tfds_examples:
+        command[1:1] = [str(TESTS / "tfds_mock_main.py"), str(tfds_examples)]
     process = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *args],
+        command,
         env=env,
         capture_output=True,
         text=True,
@@ -148,6 +154,12 @@ def test_train_cifar_resumes_after_a_kill(tmp_path):
     assert history["epoch_seconds"][0] == seconds_first[0]
     assert not (tmp_path / "backup").exists()  # removed once finished
 
+    # A finished run started again has nothing left to train.
+    third = run_script("train_cifar.py", *args)
+    assert "this run finished; nothing to train" in third
+    assert "Epoch" not in third
+    assert read_json(tmp_path / "results.json") == results
+
 
 @pytest.mark.parametrize(
     "method, flag, replicas",
@@ -217,10 +229,225 @@ def test_train_imagenet_on_two_cpus(tmp_path):
     check_sgs_mi_refreshed(results, read_json(output_dir / "history.json"))
 
 
-def test_tfds_without_tensorflow_datasets_says_how_to_install(tmp_path):
-    if importlib.util.find_spec("tensorflow_datasets"):
-        pytest.skip("tensorflow_datasets is installed")
+# -- tensorflow_datasets, offline ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "script, name, classes",
+    [
+        ("train_cifar.py", "cifar10", 10),
+        ("train_cifar.py", "cifar100", 100),
+        ("train_imagenet.py", "imagenet2012", 1000),
+    ],
+)
+def test_tfds_datasets(script, name, classes, tmp_path):
+    """`--tfds_name` end to end on `tfds.testing.mock_data`."""
+    extra = ["--image_size=64", "--strategy=default"] * (
+        script == "train_imagenet.py")
+    run_script(
+        script, f"--tfds_name={name}", "--method=sgs_mi", *TINY,
+        "--batch_size=16", *extra, f"--output_dir={tmp_path}",
+        tfds_examples=48)
+    weight_decay = 1e-4 if name == "imagenet2012" else 5e-4
+    results = check_outputs(tmp_path, "sgs_mi", weight_decay=weight_decay)
+    assert results["data"] == f"tfds:{name}"
+    assert results["num_classes"] == classes
+    assert results["train_examples"] == 48  # counted: the mock has no splits
+    check_sgs_mi_refreshed(results, read_json(tmp_path / "history.json"))
+
+
+# -- restarts -------------------------------------------------------------------
+
+
+def stopped_run(output_dir, *flags):
+    """Starts a 3-epoch sgs_mi run that stops after its first epoch."""
+    run_script(
+        "train_cifar.py", "--method=sgs_mi", *TINY, "--epochs=3", *flags,
+        "--stop_after_epoch=1", f"--output_dir={output_dir}",
+        expect_returncode=STOPPED_EXIT_CODE)
+
+
+def test_restart_with_other_flags_is_refused(tmp_path):
+    stopped_run(tmp_path)
+    recorded = read_json(tmp_path / "run_flags.json")
+    assert recorded["task"] == "cifar"
+    assert recorded["flags"]["method"] == "sgs_mi"
     output = run_script(
-        "train_cifar.py", "--tfds_name=cifar100", *TINY,
+        "train_cifar.py", "--method=baseline", *TINY, "--epochs=3",
+        "--width=0.25", f"--output_dir={tmp_path}", expect_returncode=1)
+    assert "--method: 'sgs_mi' -> 'baseline'" in output
+    assert "--width: 0.125 -> 0.25" in output
+    assert "--overwrite" in output
+    assert "Epoch 1/3" not in output
+    assert read_json(tmp_path / "run_flags.json") == recorded
+
+    run_script(
+        "train_cifar.py", "--method=baseline", *TINY, "--epochs=3",
+        "--overwrite", f"--output_dir={tmp_path}")
+    results = read_json(tmp_path / "results.json")
+    assert results["method"] == "baseline"
+    assert results["resumed_from_epoch"] == 0
+    assert results["sgs_refreshes"] == 0
+    assert read_json(tmp_path / "history.json")["epoch"] == [1, 2, 3]
+    assert read_json(tmp_path / "run_flags.json")["flags"]["method"] == (
+        "baseline")
+
+
+def test_unrecorded_run_folder_is_refused(tmp_path):
+    (tmp_path / "history.json").write_text("{}")
+    output = run_script(
+        "train_cifar.py", *TINY, f"--output_dir={tmp_path}",
+        expect_returncode=1)
+    assert "history.json" in output and "run_flags.json is missing" in output
+
+
+def test_corrupt_history_names_the_file(tmp_path):
+    stopped_run(tmp_path)
+    history = tmp_path / "history.json"
+    history.write_text(history.read_text()[:20])  # a kill mid-write
+    output = run_script(
+        "train_cifar.py", "--method=sgs_mi", *TINY, "--epochs=3",
         f"--output_dir={tmp_path}", expect_returncode=1)
-    assert "pip install tensorflow-datasets" in output
+    assert f"{history} is corrupt" in output
+    assert "--overwrite" in output
+
+
+def test_unreadable_backup_names_the_folder(tmp_path):
+    stopped_run(tmp_path)
+    weights = tmp_path / "backup" / "latest.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:100])
+    output = run_script(
+        "train_cifar.py", "--method=sgs_mi", *TINY, "--epochs=3",
+        f"--output_dir={tmp_path}", expect_returncode=1)
+    assert f"The backup in {tmp_path / 'backup'} cannot be read" in output
+    assert "--overwrite" in output
+
+
+# -- data checked before training -----------------------------------------------
+
+
+def write_png_records(path, images, labels):
+    """TFRecords in the CIFAR format, PNG images."""
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for image, label in zip(images, labels):
+            feature = {
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[tf.io.encode_png(image).numpy()])),
+                "image/class/label": tf.train.Feature(
+                    int64_list=tf.train.Int64List(value=[int(label)])),
+            }
+            writer.write(tf.train.Example(
+                features=tf.train.Features(feature=feature)
+            ).SerializeToString())
+
+
+@pytest.fixture
+def sample_images():
+    from keras_sgs.tfrecords import read_image_records
+
+    return read_image_records(str(SAMPLE / "test.tfrecord"), limit=40)
+
+
+def bad_data_output(tmp_path, train, test, *flags):
+    """Writes `(images, labels)` pairs as TFRecords and trains on them;
+    returns the output of the failed run."""
+    paths = []
+    for name, data in [("train", train), ("test", test)]:
+        paths.append(tmp_path / f"{name}.tfrecord")
+        if isinstance(data, bytes):
+            paths[-1].write_bytes(data)
+        else:
+            write_png_records(paths[-1], *data)
+    output = run_script(
+        "train_cifar.py", f"--data={paths[0]}", f"--test_data={paths[1]}",
+        *TINY, "--batch_size=16", *flags,
+        f"--output_dir={tmp_path / 'out'}", expect_returncode=1)
+    assert "Epoch 1/" not in output
+    return output, paths
+
+
+def test_wrong_image_size_is_refused_before_training(sample_images, tmp_path):
+    import tensorflow as tf
+
+    images, labels = sample_images
+    large = tf.cast(tf.image.resize(images, (64, 64)), tf.uint8).numpy()
+    output, paths = bad_data_output(
+        tmp_path, (large[:32], labels[:32]), (images[32:], labels[32:]))
+    assert f"--data file {paths[0]}: example 0 has a 64x64 image, not 32x32" \
+        in output
+
+
+def test_label_outside_num_classes_is_refused(sample_images, tmp_path):
+    images, labels = sample_images
+    labels = labels.copy()
+    labels[35] = 10
+    output, paths = bad_data_output(
+        tmp_path, (images[:32], labels[:32]), (images[32:], labels[32:]))
+    assert (f"--test_data file {paths[1]}: example 3 has label 10, outside "
+            "[0, 10)") in output
+
+
+def test_corrupt_test_file_is_named_before_training(sample_images, tmp_path):
+    images, labels = sample_images
+    output, paths = bad_data_output(
+        tmp_path, (images[:32], labels[:32]), b"not a TFRecord file")
+    assert f"--test_data: {paths[1]} is not a readable TFRecord file" in output
+
+
+def test_batch_larger_than_the_data_is_refused(sample_images, tmp_path):
+    images, labels = sample_images
+    output, _ = bad_data_output(
+        tmp_path, (images[:8], labels[:8]), (images[32:], labels[32:]))
+    assert ("--batch_size=16 is larger than the training data (8 examples"
+            in output)
+
+
+# -- export --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method, int8_io", [("sgs_mi", True), ("repvgg", False)])
+def test_export(method, int8_io, tmp_path):
+    """SavedModel and TFLite files of a finished run, with accuracies."""
+    import tensorflow as tf
+
+    run_script("train_cifar.py", f"--method={method}", *TINY,
+               f"--output_dir={tmp_path}")
+    output = run_script(
+        "export.py", f"--run_dir={tmp_path}", "--representative_images=32",
+        *["--int8_io"] * int8_io)
+    report = read_json(tmp_path / "export" / "export.json")
+    assert f"{method}: test top-1 Keras" in output
+    assert report["model_file"] == (
+        "fused.keras" if method == "repvgg" else "model.keras")
+    assert report["test_examples"] == 1000
+    accuracy = report["test_top1"]
+    results = read_json(tmp_path / "results.json")
+    test_key = "fused_test_accuracy" if method == "repvgg" else "test_accuracy"
+    assert accuracy["keras"] == pytest.approx(results[test_key], abs=1e-6)
+    assert accuracy["saved_model"] == accuracy["keras"]
+    assert report["saved_model_max_logit_difference"] <= 1e-3
+    # Float TFLite computes the same function (a prediction may flip on a
+    # float32 tie); int8 stays a classifier of those images.
+    assert abs(accuracy["tflite_float"] - accuracy["keras"]) <= 0.002
+    assert 0.0 <= accuracy["tflite_int8"] <= 1.0
+    assert report["int8_drop"] == pytest.approx(
+        accuracy["tflite_float"] - accuracy["tflite_int8"])
+    interpreter = tf.lite.Interpreter(
+        model_path=str(tmp_path / "export" / "model_int8.tflite"))
+    dtype = interpreter.get_input_details()[0]["dtype"]
+    assert dtype == (np.int8 if int8_io else np.float32)
+    weights = [d for d in interpreter.get_tensor_details()
+               if d["dtype"] == np.int8 and len(d["shape"]) == 4]
+    assert len(weights) >= 8  # at least one per conv kernel, and activations
+    assert report["tflite_bytes"]["int8"] < report["tflite_bytes"]["float"] / 2
+    reloaded = tf.saved_model.load(str(tmp_path / "export" / "saved_model"))
+    assert "serve" in reloaded.signatures or hasattr(reloaded, "serve")
+
+
+def test_export_refuses_an_unfinished_run(tmp_path):
+    stopped_run(tmp_path)
+    output = run_script("export.py", f"--run_dir={tmp_path}",
+                        expect_returncode=1)
+    assert "is not a finished training run: it has no results.json" in output
