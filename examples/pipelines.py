@@ -74,6 +74,7 @@ class Data:
         source: str. `--data`'s glob or `tfds:<name>`, for results.json.
         train_parts, test_parts: lists of `(name, dataset)`: each file
             (or the tfds split) alone, so that checks can name the culprit.
+        train_files, test_files: int or `None` (tfds). How many files.
     """
 
     train: object
@@ -83,6 +84,8 @@ class Data:
     source: str
     train_parts: list
     test_parts: list
+    train_files: int = None
+    test_files: int = None
 
 
 def record_files(pattern, flag):
@@ -190,6 +193,8 @@ def load_data(config, task):
                 (f"--test_data file {f}", record_examples(f, offset))
                 for f in test_files
             ],
+            train_files=len(train_files),
+            test_files=len(test_files),
         )
     train, num_train, num_classes = tfds_examples(
         config.tfds_name, "train", config.tfds_data_dir, task.tfds_manual_dir
@@ -265,6 +270,19 @@ def check_data(data, task, batch_size):
                     f"{name} cannot be read as images with labels: "
                     f"{error.message.splitlines()[0]}"
                 ) from None
+
+
+def shard_examples_if_few_files(dataset, num_files, num_workers):
+    """`dataset`, sharded over multi-worker workers by examples when it has
+    fewer files than workers (`tf.distribute` shards by file by default,
+    and fails then); unchanged otherwise."""
+    if num_files is None or num_files >= num_workers:
+        return dataset
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return dataset.with_options(options)
 
 
 def train_dataset(examples, task, batch_size, seed):

@@ -7,7 +7,9 @@ import os
 import shutil
 
 RUN_FLAGS = "run_flags.json"
-# What a run writes into --output_dir (removed by --overwrite).
+# What a run writes into --output_dir (removed by --overwrite). The other
+# workers of a multi-worker run have their own folders in `workers/`, each
+# checked by its worker.
 OUTPUTS = (
     RUN_FLAGS,
     "backup",
@@ -17,7 +19,6 @@ OUTPUTS = (
     "masks.png",
     "results.json",
     "tensorboard",
-    "workers",
     "export",
 )
 

@@ -52,6 +52,17 @@ def multi_worker_strategy():
     return strategy
 
 
+def num_workers(strategy):
+    """The number of worker processes of `strategy` (1 unless multi-worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 1
+    spec = resolver.cluster_spec()
+    return sum(
+        spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs
+    )
+
+
 def worker_output_dir(output_dir, strategy):
     """`output_dir` for the chief; a private sub-folder for other workers
     of a multi-worker run (they must not overwrite the chief's files)."""

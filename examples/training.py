@@ -148,11 +148,18 @@ def train(config, task):
     )
     data = pipelines.load_data(config, task)
     pipelines.check_data(data, task, config.batch_size)
-    train_ds = pipelines.train_dataset(
-        data.train, task, config.batch_size, config.seed
+    workers = strategies.num_workers(strategy)
+    train_ds = pipelines.shard_examples_if_few_files(
+        pipelines.train_dataset(
+            data.train, task, config.batch_size, config.seed
+        ),
+        data.train_files,
+        workers,
     )
-    test_ds = pipelines.eval_dataset(
-        data.test, task, config.batch_size, pad=True
+    test_ds = pipelines.shard_examples_if_few_files(
+        pipelines.eval_dataset(data.test, task, config.batch_size, pad=True),
+        data.test_files,
+        workers,
     )
     held_out = pipelines.eval_dataset(
         data.train.take(config.refresh_batches * config.batch_size),
