@@ -47,7 +47,9 @@ def functional():
 
 def compile_sgs(model, **kwargs):
     model.compile(
-        keras_sgs.SGSWrapper(keras.optimizers.SGD(0.05, momentum=0.9), **kwargs),
+        keras_sgs.SGSWrapper(
+            keras.optimizers.SGD(0.05, momentum=0.9), **kwargs
+        ),
         LOSS,
     )
     return model
@@ -58,15 +60,22 @@ def test_masks_equal_estimator_on_captured_inputs(cifar10_train):
     model = compile_sgs(functional())
     held_out = images[:64]
     callback = keras_sgs.MIScalingCallback(held_out, warmup=0)
-    model.fit(images[64:128], labels[64:128], epochs=1, verbose=0,
-              callbacks=[callback])
+    model.fit(
+        images[64:128],
+        labels[64:128],
+        epochs=1,
+        verbose=0,
+        callbacks=[callback],
+    )
     # Refresh again after training and compare with each layer's input.
     c1_input = held_out
     c2_input = keras.Model(model.inputs, model.get_layer("c2").input).predict(
         held_out, verbose=0
     )
     callback.refresh()
-    np.testing.assert_allclose(mask_of(model, "c1"), expected_mask(c1_input), atol=1e-5)
+    np.testing.assert_allclose(
+        mask_of(model, "c1"), expected_mask(c1_input), atol=1e-5
+    )
     np.testing.assert_allclose(
         mask_of(model, "c2"),
         expected_mask(c2_input, (5, 5), dilation_rate=2),
@@ -125,7 +134,9 @@ def test_model_kinds(make, cifar10_train):
     compile_sgs(model)
     held_out = images[:32]
     callback = keras_sgs.MIScalingCallback(held_out, warmup=0)
-    model.fit(images[:32], labels[:32], epochs=1, verbose=0, callbacks=[callback])
+    model.fit(
+        images[:32], labels[:32], epochs=1, verbose=0, callbacks=[callback]
+    )
     callback.refresh()
     c1 = find_layer(model, "c1")
     c2_input = keras.ops.relu(c1(keras.ops.convert_to_tensor(held_out)))
@@ -140,13 +151,16 @@ def test_model_kinds(make, cifar10_train):
 def test_schedule_logs_and_dataset_input(cifar10_train):
     images, labels = cifar10_train
     model = compile_sgs(functional())
-    batches = [(images[i : i + 16], labels[i : i + 16]) for i in range(0, 64, 16)]
+    batches = [
+        (images[i : i + 16], labels[i : i + 16]) for i in range(0, 64, 16)
+    ]
     callback = keras_sgs.MIScalingCallback(
         iter(batches), warmup=1, every=2, num_batches=2
     )
     assert callback.data.shape == (32, 32, 32, 3)
-    history = model.fit(images[:32], labels[:32], epochs=5, verbose=0,
-                        callbacks=[callback])
+    history = model.fit(
+        images[:32], labels[:32], epochs=5, verbose=0, callbacks=[callback]
+    )
     refreshed = [s > 0 for s in history.history["sgs_refresh_seconds"]]
     assert refreshed == [False, True, False, True, False]
     assert history.history["sgs_mask_max"][0] == 1.0  # warm-up: ones
@@ -157,8 +171,9 @@ def test_non_finite_estimate_keeps_previous_mask(cifar10_train):
     images, labels = cifar10_train
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
-    dead = keras.layers.Conv2D(8, 1, kernel_initializer="zeros",
-                               trainable=False)(x)  # constant zeros
+    dead = keras.layers.Conv2D(
+        8, 1, kernel_initializer="zeros", trainable=False
+    )(x)  # constant zeros
     x = keras.layers.Conv2D(8, 3, padding="same", name="c2")(dead)
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([x, dead]))
     model = compile_sgs(keras.Model(inputs, keras.layers.Dense(10)(x)))
@@ -167,11 +182,13 @@ def test_non_finite_estimate_keeps_previous_mask(cifar10_train):
     model.optimizer.set_mask(find_layer(model, "c2").kernel, previous)
     callback = keras_sgs.MIScalingCallback(images[:32], warmup=0)
     with pytest.warns(
-        UserWarning, match="'c2' is undefined.*8 of 8 input channels are "
-        "constant.*keeps its previous mask"
+        UserWarning,
+        match="'c2' is undefined.*8 of 8 input channels are "
+        "constant.*keeps its previous mask",
     ):
-        model.fit(images[:32], labels[:32], epochs=1, verbose=0,
-                  callbacks=[callback])
+        model.fit(
+            images[:32], labels[:32], epochs=1, verbose=0, callbacks=[callback]
+        )
     np.testing.assert_array_equal(mask_of(model, "c2"), previous)
     assert np.all(np.isfinite(mask_of(model, "c1")))
     assert not np.allclose(mask_of(model, "c1"), 1.0)
@@ -206,8 +223,13 @@ def test_nan_injected_into_a_kernel_during_fit(cifar10_train):
     injector = _NaNIntoKernel("c1")
     callback = keras_sgs.MIScalingCallback(images[:32], warmup=1)
     with pytest.warns(UserWarning, match="undefined.*hold NaN or inf.*keeps"):
-        model.fit(images[:32], labels[:32], epochs=3, verbose=0,
-                  callbacks=[callback, injector])
+        model.fit(
+            images[:32],
+            labels[:32],
+            epochs=3,
+            verbose=0,
+            callbacks=[callback, injector],
+        )
     first, second, third = injector.masks
     np.testing.assert_array_equal(first, 1.0)  # warm-up
     # Epoch 2: one of c2's input channels is NaN and is left out.
@@ -222,9 +244,12 @@ def test_mixed_float16_and_layers_argument(cifar10_train):
     model = compile_sgs(functional())
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     callback = keras_sgs.MIScalingCallback(images[:32], warmup=0, layers=["c1"])
-    model.fit(images[:32], labels[:32], epochs=1, verbose=0, callbacks=[callback])
+    model.fit(
+        images[:32], labels[:32], epochs=1, verbose=0, callbacks=[callback]
+    )
     np.testing.assert_allclose(
-        mask_of(model, "c1"), expected_mask(images[:32].astype("float16")),
+        mask_of(model, "c1"),
+        expected_mask(images[:32].astype("float16")),
         atol=1e-5,
     )
     np.testing.assert_array_equal(mask_of(model, "c2"), 1.0)
@@ -239,13 +264,21 @@ def test_mirrored_strategy_replicas_train_with_new_masks(
     with strategy.scope():
         model = compile_sgs(functional())
     callback = keras_sgs.MIScalingCallback(images[:32], warmup=0)
-    model.fit(images[:32], labels[:32], batch_size=16, epochs=1, verbose=0,
-              callbacks=[callback])
+    model.fit(
+        images[:32],
+        labels[:32],
+        batch_size=16,
+        epochs=1,
+        verbose=0,
+        callbacks=[callback],
+    )
     mask = model.optimizer.get_mask(model.get_layer("c1").kernel)
     replicas = [r.numpy()[..., 0, 0] for r in mask.value.values]
     assert len(replicas) == 2
     np.testing.assert_array_equal(replicas[0], replicas[1])
-    np.testing.assert_allclose(replicas[0], expected_mask(images[:32]), atol=1e-5)
+    np.testing.assert_allclose(
+        replicas[0], expected_mask(images[:32]), atol=1e-5
+    )
 
 
 def test_backup_and_restore_resumes_masks_and_schedule(cifar10_train, tmp_path):
@@ -260,8 +293,13 @@ def test_backup_and_restore_resumes_masks_and_schedule(cifar10_train, tmp_path):
     model = compile_sgs(functional())
     callback = keras_sgs.MIScalingCallback(images[:32], warmup=1, every=2)
     with pytest.raises(RuntimeError):
-        model.fit(images[:32], labels[:32], epochs=4, verbose=0,
-                  callbacks=[backup, callback, Interrupt()])
+        model.fit(
+            images[:32],
+            labels[:32],
+            epochs=4,
+            verbose=0,
+            callbacks=[backup, callback, Interrupt()],
+        )
     saved = mask_of(model, "c1")
     assert not np.allclose(saved, 1.0)  # refreshed at epoch 1
 
@@ -273,8 +311,13 @@ def test_backup_and_restore_resumes_masks_and_schedule(cifar10_train, tmp_path):
     model = compile_sgs(functional())
     check = Check()
     callback = keras_sgs.MIScalingCallback(images[:32], warmup=1, every=2)
-    history = model.fit(images[:32], labels[:32], epochs=4, verbose=0,
-                        callbacks=[backup, callback, check])
+    history = model.fit(
+        images[:32],
+        labels[:32],
+        epochs=4,
+        verbose=0,
+        callbacks=[backup, callback, check],
+    )
     np.testing.assert_array_equal(check.seen, saved)  # epoch 2: no refresh
     refreshed = [s > 0 for s in history.history["sgs_refresh_seconds"]]
     assert refreshed == [False, True]  # epochs 2 and 3: 3 = 1 + 2
@@ -292,11 +335,13 @@ class LazySubclassed(keras.Model):
 
 
 def _lazy_sequential():
-    return keras.Sequential([
-        keras.layers.Conv2D(8, 3, padding="same", name="c1"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(10),
-    ])
+    return keras.Sequential(
+        [
+            keras.layers.Conv2D(8, 3, padding="same", name="c1"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10),
+        ]
+    )
 
 
 @pytest.mark.parametrize("make", [LazySubclassed, _lazy_sequential])
@@ -305,8 +350,9 @@ def test_models_without_variables_before_fit(make, cifar10_train):
     images, labels = cifar10_train
     model = compile_sgs(make())
     callback = keras_sgs.MIScalingCallback(images[:32], warmup=1)
-    history = model.fit(images[:32], labels[:32], epochs=2, verbose=0,
-                        callbacks=[callback])
+    history = model.fit(
+        images[:32], labels[:32], epochs=2, verbose=0, callbacks=[callback]
+    )
     assert history.history["sgs_refresh_seconds"][1] > 0
     np.testing.assert_allclose(
         mask_of(model, "c1"), expected_mask(images[:32]), atol=1e-5
@@ -319,23 +365,28 @@ def test_transfer_learning_with_one_callback(cifar10_train):
     """The Keras transfer-learning guide: a frozen base under a new head,
     then the base unfrozen, recompiled and fine-tuned."""
     images, labels = cifar10_train
-    base = keras.Sequential([
-        keras.Input((32, 32, 3)),
-        keras.layers.Conv2D(8, 3, padding="same", name="c1"),
-        keras.layers.GlobalAveragePooling2D(),
-    ], name="base")
+    base = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(8, 3, padding="same", name="c1"),
+            keras.layers.GlobalAveragePooling2D(),
+        ],
+        name="base",
+    )
     base.trainable = False
     model = keras.Sequential([base, keras.layers.Dense(10)])
     callback = keras_sgs.MIScalingCallback(images[:32])
     compile_sgs(model)
     with pytest.warns(UserWarning, match="no layer to refresh"):
-        history = model.fit(images[:32], labels[:32], epochs=2, verbose=0,
-                            callbacks=[callback])
+        history = model.fit(
+            images[:32], labels[:32], epochs=2, verbose=0, callbacks=[callback]
+        )
     assert history.history["sgs_refresh_seconds"] == [0.0, 0.0]
     base.trainable = True
     compile_sgs(model)
-    history = model.fit(images[:32], labels[:32], epochs=2, verbose=0,
-                        callbacks=[callback])
+    history = model.fit(
+        images[:32], labels[:32], epochs=2, verbose=0, callbacks=[callback]
+    )
     assert history.history["sgs_refresh_seconds"][1] > 0
     np.testing.assert_allclose(
         mask_of(model, "c1"), expected_mask(images[:32]), atol=1e-5
@@ -350,8 +401,13 @@ def test_held_out_dict_and_max_images(cifar10_train):
     model = compile_sgs(keras.Model({"image": inputs}, outputs))
     callback = keras_sgs.MIScalingCallback({"image": images}, max_images=40)
     assert callback.data["image"].shape == (40, 32, 32, 3)
-    model.fit({"image": images[:32]}, labels[:32], epochs=2, verbose=0,
-              callbacks=[callback])
+    model.fit(
+        {"image": images[:32]},
+        labels[:32],
+        epochs=2,
+        verbose=0,
+        callbacks=[callback],
+    )
     np.testing.assert_allclose(
         mask_of(model, "c1"), expected_mask(images[:40]), atol=1e-5
     )
@@ -359,9 +415,10 @@ def test_held_out_dict_and_max_images(cifar10_train):
     big = np.zeros((600, 4, 4, 3), "float32")
     assert keras_sgs.MIScalingCallback(big).data.shape[0] == 512
     batches = [(big[:300], None), (big[300:], None)]
-    assert keras_sgs.MIScalingCallback(
-        iter(batches), max_images=320
-    ).data.shape[0] == 320
+    assert (
+        keras_sgs.MIScalingCallback(iter(batches), max_images=320).data.shape[0]
+        == 320
+    )
 
 
 def test_kernels_without_centre_are_left_alone(cifar10_train):
@@ -375,15 +432,22 @@ def test_kernels_without_centre_are_left_alone(cifar10_train):
     model = compile_sgs(keras.Model(inputs, outputs))
     callback = keras_sgs.MIScalingCallback(images[:32], warmup=0)
     with pytest.warns(UserWarning, match="'patchify4', 'even2', 'patchify3'"):
-        model.fit(images[:32], labels[:32], epochs=1, verbose=0,
-                  callbacks=[callback])
+        model.fit(
+            images[:32], labels[:32], epochs=1, verbose=0, callbacks=[callback]
+        )
     for name in ("patchify4", "even2", "patchify3"):
         np.testing.assert_array_equal(mask_of(model, name), 1.0)
     assert not np.allclose(mask_of(model, "c1"), 1.0)
     with pytest.raises(ValueError, match=r"no centre pixel.*\['even2'\]"):
-        model.fit(images[:32], labels[:32], epochs=1, verbose=0, callbacks=[
-            keras_sgs.MIScalingCallback(images[:32], layers=["c1", "even2"])
-        ])
+        model.fit(
+            images[:32],
+            labels[:32],
+            epochs=1,
+            verbose=0,
+            callbacks=[
+                keras_sgs.MIScalingCallback(images[:32], layers=["c1", "even2"])
+            ],
+        )
 
 
 def test_capture_without_patching_for_graph_models():
@@ -445,7 +509,11 @@ def test_recording_ignores_other_threads_and_leaves_no_patch():
         ({"data": 3}, TypeError, "int"),
         ({"data": iter([])}, ValueError, "empty"),
         ({"data": np.zeros((0, 32, 32, 3))}, ValueError, "no held-out input"),
-        ({"data": {"image": np.zeros((0, 8, 8, 3))}}, ValueError, "no held-out"),
+        (
+            {"data": {"image": np.zeros((0, 8, 8, 3))}},
+            ValueError,
+            "no held-out",
+        ),
         ({"max_images": 0}, ValueError, "max_images=0"),
         ({"data": np.array(["a", "b"])}, ValueError, "numeric"),
         ({"data": np.zeros(5)}, ValueError, r"shape \(5,\)"),
@@ -462,8 +530,12 @@ def test_bad_arguments(kwargs, error, match):
 def test_numpy_scalar_arguments(cifar10_train):
     images, _ = cifar10_train
     callback = keras_sgs.MIScalingCallback(
-        images[:8], every=np.int64(5), warmup=np.int32(1), k=np.float32(5),
-        num_batches=np.int64(2), max_images=np.int64(4),
+        images[:8],
+        every=np.int64(5),
+        warmup=np.int32(1),
+        k=np.float32(5),
+        num_batches=np.int64(2),
+        max_images=np.int64(4),
     )
     assert (callback.every, callback.warmup, callback.k) == (5, 1, 5.0)
     assert callback.data.shape[0] == 4
@@ -474,9 +546,82 @@ def test_misuse_in_fit(cifar10_train):
     model = functional()
     model.compile(keras.optimizers.SGD(), LOSS)
     with pytest.raises(ValueError, match="SGSWrapper"):
-        model.fit(images[:16], labels[:16], verbose=0,
-                  callbacks=[keras_sgs.MIScalingCallback(images[:16])])
+        model.fit(
+            images[:16],
+            labels[:16],
+            verbose=0,
+            callbacks=[keras_sgs.MIScalingCallback(images[:16])],
+        )
     model = compile_sgs(functional())
     with pytest.raises(ValueError, match=r"\['nope'\]"):
-        model.fit(images[:16], labels[:16], verbose=0,
-                  callbacks=[keras_sgs.MIScalingCallback(images[:16], layers=["nope"])])
+        model.fit(
+            images[:16],
+            labels[:16],
+            verbose=0,
+            callbacks=[
+                keras_sgs.MIScalingCallback(images[:16], layers=["nope"])
+            ],
+        )
+
+
+def spatial_conv_kernels(model):
+    """The kxk (k > 1) kernels of a model's conv layers, found from each
+    layer's `kernel_size`: plain, depthwise and the depthwise half of
+    separable convs (their pointwise kernel is 1x1)."""
+    found = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if int(np.prod(getattr(layer, "kernel_size", (1,)))) == 1:
+            continue
+        for name in ("kernel", "depthwise_kernel"):
+            if getattr(layer, name, None) is not None:
+                found.append(getattr(layer, name))
+    return found
+
+
+@pytest.mark.parametrize(
+    "name, size, depthwise",
+    [
+        ("MobileNetV2", 32, "DepthwiseConv2D"),
+        ("Xception", 71, "SeparableConv2D"),
+    ],
+)
+def test_keras_applications(name, size, depthwise, cifar10_train):
+    """Real models nobody here wrote: a short `fit` with a refresh masks
+    exactly their kxk kernels (depthwise and separable included), each
+    with a finite mask of mean 1 that the refresh moved off ones."""
+    images, labels = cifar10_train
+    images = keras.ops.convert_to_numpy(
+        keras.ops.image.resize(images[:16], (size, size))
+    )
+    model = getattr(keras.applications, name)(
+        weights=None,
+        input_shape=(size, size, 3),
+        classes=10,
+        classifier_activation=None,
+    )
+    compile_sgs(model)
+    callback = keras_sgs.MIScalingCallback(images[:8], warmup=0, every=1)
+    model.fit(
+        images,
+        labels[:16],
+        batch_size=8,
+        epochs=1,
+        verbose=0,
+        callbacks=[callback],
+    )
+    spatial = {id(v) for v in spatial_conv_kernels(model)}
+    assert any(
+        type(layer).__name__ == depthwise
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+    )
+    masked = []
+    for variable in model.trainable_variables:
+        mask = model.optimizer.get_mask(variable)
+        assert (mask is not None) == (id(variable) in spatial), variable.path
+        if mask is not None:
+            masked.append(keras.ops.convert_to_numpy(mask)[..., 0, 0])
+    assert len(masked) == len(spatial) > 10
+    for mask in masked:
+        assert np.all(np.isfinite(mask))
+        np.testing.assert_allclose(mask.mean(), 1.0, rtol=1e-5)
+    assert sum(not np.allclose(mask, 1.0) for mask in masked) > len(masked) / 2
