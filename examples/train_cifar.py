@@ -47,7 +47,7 @@ train_flags.define_flags(
         "weight_decay": "Coupled weight decay (PyTorch SGD's, added after "
         "the SGS mask) on every trainable variable.",
         "data": "TFRecord glob of the training images (tf.train.Example "
-        "with image/encoded PNG and image/class/label). Without it and "
+        "with image/encoded PNG or JPEG and image/class/label). Without it and "
         "--tfds_name: the shipped sample data/cifar10_sample.",
         "tfds_name": "cifar10 or cifar100 from tensorflow_datasets, instead "
         "of TFRecords (--data not given).",
@@ -64,9 +64,9 @@ flags.register_validator(
 
 
 def decode(encoded, label):
-    """PNG bytes to a uint8 `(32, 32, 3)` image (an error for another
-    size)."""
-    image = tf.io.decode_png(encoded, channels=3)
+    """PNG or JPEG bytes to a uint8 `(32, 32, 3)` image (an error for
+    another size)."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image = tf.ensure_shape(image, (32, 32, 3))
     return image, label
 
@@ -97,7 +97,7 @@ def augment(image, label):
 
 
 def eval_decode(encoded, label):
-    """PNG bytes to a normalized float32 image."""
+    """PNG or JPEG bytes to a normalized float32 image."""
     image, label = decode(encoded, label)
     return pipelines.normalize(image, MEAN, STD), label
 
