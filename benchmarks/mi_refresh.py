@@ -38,20 +38,20 @@ import statistics
 import tempfile
 import time
 
-from absl import app
-from absl import flags
-
 import keras
 import numpy as np
-
-import keras_sgs
+from absl import app
+from absl import flags
 from common import cifar10_images
 from common import device_description
 from common import write_table
 
+import keras_sgs
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
-    "data", "../shared/data/cifar10/train-00000-of-00008.tfrecord",
+    "data",
+    "../shared/data/cifar10/train-00000-of-00008.tfrecord",
     "Real images: TFRecords or the compact .npz.",
 )
 flags.DEFINE_integer("images", 256, "Held-out images per refresh.")
@@ -65,13 +65,15 @@ flags.DEFINE_list(
     "keras.applications models for the first-refresh table (empty: none).",
 )
 flags.DEFINE_string(
-    "compare_backend", "torch",
+    "compare_backend",
+    "torch",
     "Also time the warm refresh of the keras.applications models on this "
     "Keras backend, same weights and images (empty: no).",
 )
 flags.DEFINE_string(
     "output", "benchmarks/results/mi_refresh.md", "Markdown table path."
 )
+
 
 def authors_dependence(fmap, kernel_size, padding, k=5.0):
     """Per channel, per displacement, with fast_histogram (host)."""
@@ -97,12 +99,19 @@ def authors_dependence(fmap, kernel_size, padding, k=5.0):
                 y = fmap[:, ny : height - cy, nx : width - cx, c].ravel()
                 bins = int(1 + np.ceil(np.log2(len(x))))
                 joint = histogram2d(
-                    x, y, bins=bins,
-                    range=[[float(x.min()), float(x.max()) + 1e-12],
-                           [float(y.min()), float(y.max()) + 1e-12]],
+                    x,
+                    y,
+                    bins=bins,
+                    range=[
+                        [float(x.min()), float(x.max()) + 1e-12],
+                        [float(y.min()), float(y.max()) + 1e-12],
+                    ],
                 )
-                h = [_entropy(joint.sum(0)), _entropy(joint.sum(1)),
-                     _entropy(joint.ravel())]
+                h = [
+                    _entropy(joint.sum(0)),
+                    _entropy(joint.sum(1)),
+                    _entropy(joint.ravel()),
+                ]
                 with np.errstate(invalid="ignore", divide="ignore"):
                     nmi = (h[0] + h[1] - h[2]) / h[2]
                     value = k * nmi / ((k - 1) * nmi + 1)
@@ -162,9 +171,13 @@ def measure(model, images):
 
     def authors_way():
         # The same forward pass, so that both estimate from identical maps.
-        maps = [keras.ops.convert_to_numpy(m) for m in callback._capture(images)]
+        maps = [
+            keras.ops.convert_to_numpy(m) for m in callback._capture(images)
+        ]
         reference = {
-            layer.name: authors_dependence(fmap, layer.kernel_size, layer.padding)
+            layer.name: authors_dependence(
+                fmap, layer.kernel_size, layer.padding
+            )
             for layer, fmap in zip(layers, maps)
         }
         return reference, sum(m.nbytes for m in maps) / 2**20
@@ -174,8 +187,13 @@ def measure(model, images):
         np.abs(masks[name] - reference[name]).max() for name in reference
     )
     return dict(
-        first=first, warm=warm, authors=authors, error=error,
-        layers=len(layers), map_mb=map_mb, ours_mb=ours_mb,
+        first=first,
+        warm=warm,
+        authors=authors,
+        error=error,
+        layers=len(layers),
+        map_mb=map_mb,
+        ours_mb=ours_mb,
         authors_mb=authors_mb,
     )
 
@@ -210,8 +228,9 @@ def measure_application(name, data, count, repeats, weights, load):
     else:
         model.save_weights(weights)
     callback, masks, first, _, warm = timed_refreshes(model, images, repeats)
-    return dict(layers=len(callback._targets), first=first, warm=warm,
-                masks=masks)
+    return dict(
+        layers=len(callback._targets), first=first, warm=warm, masks=masks
+    )
 
 
 def measure_imagenet_map(repeats, shape=(256, 58, 58, 64)):
@@ -229,8 +248,12 @@ def measure_imagenet_map(repeats, shape=(256, 58, 58, 64)):
         lambda: authors_dependence(fmap, (3, 3), "same")
     )
     return dict(
-        shape=shape, map_mb=fmap.nbytes / 2**20, first=first, warm=warm,
-        ours_mb=ours_mb, authors=authors,
+        shape=shape,
+        map_mb=fmap.nbytes / 2**20,
+        first=first,
+        warm=warm,
+        ours_mb=ours_mb,
+        authors=authors,
         error=np.abs(mask - reference).max(),
     )
 
@@ -242,15 +265,17 @@ def main(_):
         f"{FLAGS.images} CIFAR-10 images; one refresh = forward pass + "
         "estimator for every scaled conv layer.",
         "",
-        "| model | conv layers | captured maps (MB) | keras_sgs first call (s, compiles) "
-        "| keras_sgs warm (s) | authors' way (s) | speed-up | max abs mask diff "
+        "| model | conv layers | captured maps (MB) "
+        "| keras_sgs first call (s, compiles) | keras_sgs warm (s) "
+        "| authors' way (s) | speed-up | max abs mask diff "
         "| peak extra memory keras_sgs first call / authors (MB) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     failures = []
     # (model, width, images, speed-up target); the last has small maps.
     for name, width, count, target in (
-        ("vgg16", 1.0, FLAGS.images, 5), ("resnet18", 1.0, FLAGS.images, 5),
+        ("vgg16", 1.0, FLAGS.images, 5),
+        ("resnet18", 1.0, FLAGS.images, 5),
         ("vgg16", 0.5, FLAGS.images // 2, 2),
     ):
         keras.utils.set_random_seed(0)
@@ -279,7 +304,8 @@ def applications_table():
         other = ""
     columns = (
         f" {other} warm (s) | {other} / this backend | max abs mask diff |"
-        if other else ""
+        if other
+        else ""
     )
     lines = [
         "",

@@ -24,20 +24,20 @@ import os
 import statistics
 import time
 
-from absl import app
-from absl import flags
-
 import keras
 import numpy as np
-
-import keras_sgs
+from absl import app
+from absl import flags
 from common import cifar10_images
 from common import device_description
 from common import write_table
 
+import keras_sgs
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
-    "data", "../shared/data/cifar10/train-00000-of-00008.tfrecord",
+    "data",
+    "../shared/data/cifar10/train-00000-of-00008.tfrecord",
     "Real images: TFRecords or the compact .npz (random images if the path "
     "does not exist).",
 )
@@ -66,7 +66,8 @@ def variants(name):
     specs = {
         "SGD": ("plain", sgd),
         "SGSWrapper gradient": (
-            "plain", lambda: keras_sgs.SGSWrapper(sgd(), masks=ACB)
+            "plain",
+            lambda: keras_sgs.SGSWrapper(sgd(), masks=ACB),
         ),
         "SGSWrapper update": (
             "plain",
@@ -75,7 +76,8 @@ def variants(name):
         "SGSWrapper, coupled decay": (
             "plain",
             lambda: keras_sgs.SGSWrapper(
-                keras.optimizers.SGD(0.1, momentum=0.9), masks=ACB,
+                keras.optimizers.SGD(0.1, momentum=0.9),
+                masks=ACB,
                 coupled_weight_decay=5e-4,
             ),
         ),
@@ -118,9 +120,9 @@ def main(_):
         images = rng.random((FLAGS.batch_size, 32, 32, 3), dtype="float32")
         labels = rng.integers(0, 10, FLAGS.batch_size)
     lines = [
-        f"Backend and device: {device_description()}; {source}. CIFAR models, width "
-        f"{FLAGS.width}, batch {FLAGS.batch_size}, {FLAGS.rounds} "
-        f"interleaved rounds of {FLAGS.steps} steps; median seconds per "
+        f"Backend and device: {device_description()}; {source}. CIFAR "
+        f"models, width {FLAGS.width}, batch {FLAGS.batch_size}, "
+        f"{FLAGS.rounds} interleaved rounds of {FLAGS.steps} steps; median seconds per "
         "step.",
         "",
         "| model | variant | s/step (median) | min | max | ratio to SGD |",

@@ -42,8 +42,9 @@ def balanced_records(pattern, per_class):
     counts = [0] * NUM_CLASSES
     kept = []
     for record in tf.data.TFRecordDataset(files):
-        label = int(tf.io.parse_single_example(record, FEATURES)[
-            "image/class/label"])
+        label = int(
+            tf.io.parse_single_example(record, FEATURES)["image/class/label"]
+        )
         if counts[label] < per_class:
             counts[label] += 1
             kept.append(record.numpy())
@@ -99,11 +100,15 @@ def main():
         help="Where to write train.tfrecord, test.tfrecord and README.md.",
     )
     parser.add_argument(
-        "--train_per_class", type=int, default=400,
+        "--train_per_class",
+        type=int,
+        default=400,
         help="Training images per class.",
     )
     parser.add_argument(
-        "--test_per_class", type=int, default=100,
+        "--test_per_class",
+        type=int,
+        default=100,
         help="Test images per class.",
     )
     args = parser.parse_args()
@@ -115,14 +120,14 @@ def main():
         ("train", args.train_per_class),
         ("test", args.test_per_class),
     ]:
-        records = balanced_records(str(source / f"{split}-*.tfrecord"),
-                                   per_class)
+        records = balanced_records(
+            str(source / f"{split}-*.tfrecord"), per_class
+        )
         name = f"{split}.tfrecord"
         digest = write_records(out_dir / name, records)
         rows.append((name, len(records), per_class, digest))
         print(f"{out_dir / name}: {len(records)} images, sha256 {digest}")
-    write_readme(out_dir, "shared/data/cifar10/{train,test}-*.tfrecord",
-                 rows)
+    write_readme(out_dir, "shared/data/cifar10/{train,test}-*.tfrecord", rows)
 
 
 if __name__ == "__main__":

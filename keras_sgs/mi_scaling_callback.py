@@ -227,9 +227,13 @@ class MIScalingCallback(keras.callbacks.Callback):
         # Two layers at a time: the estimator's compilations (a handful of
         # shapes on the first refresh) and its serial steps overlap.
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            estimates = list(pool.map(
-                self._estimate, [layer for layer, _ in targets], feature_maps
-            ))
+            estimates = list(
+                pool.map(
+                    self._estimate,
+                    [layer for layer, _ in targets],
+                    feature_maps,
+                )
+            )
         estimates = _mean_over_workers(self.model, estimates)
         updated = {}
         for (layer, kernel), mask, fmap in zip(
@@ -330,7 +334,9 @@ class MIScalingCallback(keras.callbacks.Callback):
 
     def _estimate(self, layer, fmap):
         fmap = _channels_last(layer, fmap)
-        padding = layer.padding if layer.padding in ("same", "causal") else "valid"
+        padding = (
+            layer.padding if layer.padding in ("same", "causal") else "valid"
+        )
         dependence = spatial_dependence(
             fmap,
             layer.kernel_size,

@@ -160,7 +160,9 @@ def spatial_dependence(
         bool(diagonal_removal),
     )
     # Batch innermost: long, contiguous runs for every map size.
-    channels_first = ops.transpose(feature_map, (rank + 1, *range(1, rank + 1), 0))
+    channels_first = ops.transpose(
+        feature_map, (rank + 1, *range(1, rank + 1), 0)
+    )
     per_chunk, done = [], 0
     for start in plan.chunk_starts:
         d = estimate(channels_first[start : start + plan.chunk])
@@ -306,8 +308,10 @@ def pair_plan(shape, kernel_size, padding, dilation_rate):
         """Per displacement, the slices of the positions `p` (sign -1) or
         `p + d` (sign +1) of the pairs."""
         return tuple(
-            tuple(slice(max(0, sign * o), n - max(0, -sign * o))
-                  for o, n in zip(d, padded))
+            tuple(
+                slice(max(0, sign * o), n - max(0, -sign * o))
+                for o, n in zip(d, padded)
+            )
             for d in displacements
         )
 
@@ -378,7 +382,9 @@ def bin_ranges(x, plan):
 
 def kept_pairs(x_values, y_values):
     """Diagonal removal: the pairs where neither value is 0."""
-    return ops.logical_and(ops.not_equal(x_values, 0), ops.not_equal(y_values, 0))
+    return ops.logical_and(
+        ops.not_equal(x_values, 0), ops.not_equal(y_values, 0)
+    )
 
 
 def kept_bin_ranges(x, plan):
@@ -389,10 +395,18 @@ def kept_bin_ranges(x, plan):
         x_values, y_values = pairs(x, plan, i)
         keep = kept_pairs(x_values, y_values)
         axes = tuple(range(1, keep.ndim))
-        low.append([ops.min(ops.where(keep, v, np.inf), axis=axes)
-                    for v in (x_values, y_values)])
-        high.append([ops.max(ops.where(keep, v, -np.inf), axis=axes)
-                     for v in (x_values, y_values)])
+        low.append(
+            [
+                ops.min(ops.where(keep, v, np.inf), axis=axes)
+                for v in (x_values, y_values)
+            ]
+        )
+        high.append(
+            [
+                ops.max(ops.where(keep, v, -np.inf), axis=axes)
+                for v in (x_values, y_values)
+            ]
+        )
         count.append(ops.sum(ops.cast(keep, "float32"), axis=axes))
 
     def xy_first(values):
@@ -526,7 +540,12 @@ def _chunk_dependence(plan, k, diagonal_removal):
 
 @functools.lru_cache(maxsize=256)
 def _compiled_chunk_dependence(
-    chunk_shape, dtype, kernel_size, padding, dilation_rate, k,
+    chunk_shape,
+    dtype,
+    kernel_size,
+    padding,
+    dilation_rate,
+    k,
     diagonal_removal,
 ):
     """`D` `(num_displacements, chunk)` of a chunk of channels `(chunk,

@@ -5,7 +5,6 @@ test process. They train on the CIFAR-10 sample shipped in
 `data/cifar10_sample`.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -42,8 +41,7 @@ def run_script(script, *args, expect_returncode=0, tfds_examples=None):
     """Runs `examples/<script>` with `args`; returns its output. With
     `tfds_examples`, tensorflow_datasets is mocked to hold that many
     random examples of each split (`tfds_mock_main.py`)."""
-    env = dict(os.environ, KERAS_BACKEND="tensorflow",
-               TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
     command = [sys.executable, str(EXAMPLES / script), *args]
     if tfds_examples:
         command[1:1] = [str(TESTS / "tfds_mock_main.py"), str(tfds_examples)]
@@ -79,7 +77,8 @@ def check_outputs(output_dir, method, epochs=2, weight_decay=5e-4):
     optimizer = keras.saving.load_model(output_dir / "model.keras").optimizer
     assert optimizer.coupled_weight_decay == weight_decay
     assert (output_dir / "masks.png").exists() == (
-        method in ("sgs_mi", "sgs_constant"))
+        method in ("sgs_mi", "sgs_constant")
+    )
     return results
 
 
@@ -97,8 +96,10 @@ def check_fused(results):
     float32 rounding moves the cross-entropy by up to ~1e-3."""
     assert results["fused_test_accuracy"] == results["test_accuracy"]
     np.testing.assert_allclose(
-        results["fused_test_cross_entropy"], results["test_cross_entropy"],
-        rtol=1e-2)
+        results["fused_test_cross_entropy"],
+        results["test_cross_entropy"],
+        rtol=1e-2,
+    )
 
 
 def test_compare_trains_baseline_and_sgs_mi(tmp_path):
@@ -112,15 +113,20 @@ def test_compare_trains_baseline_and_sgs_mi(tmp_path):
         assert results[method] == check_outputs(tmp_path / method, method)
         assert results[method]["train_examples"] == 4000
     check_sgs_mi_refreshed(
-        results["sgs_mi"], read_json(tmp_path / "sgs_mi" / "history.json"))
+        results["sgs_mi"], read_json(tmp_path / "sgs_mi" / "history.json")
+    )
     assert (tmp_path / "masks.png").exists()
 
 
 @pytest.mark.parametrize("method", ["sgs_constant", "acb", "repvgg"])
 def test_train_cifar_methods(method, tmp_path):
     output = run_script(
-        "train_cifar.py", "--model=vgg11", f"--method={method}", *TINY,
-        f"--output_dir={tmp_path}")
+        "train_cifar.py",
+        "--model=vgg11",
+        f"--method={method}",
+        *TINY,
+        f"--output_dir={tmp_path}",
+    )
     results = check_outputs(tmp_path, method)
     assert f"vgg11 {method}: test accuracy" in output
     if method == "sgs_constant":
@@ -138,10 +144,19 @@ def test_train_cifar_methods(method, tmp_path):
 
 
 def test_train_cifar_resumes_after_a_kill(tmp_path):
-    args = ["--model=vgg11", "--method=baseline", *TINY, "--epochs=3",
-            f"--output_dir={tmp_path}"]
-    first = run_script("train_cifar.py", *args, "--stop_after_epoch=1",
-                       expect_returncode=STOPPED_EXIT_CODE)
+    args = [
+        "--model=vgg11",
+        "--method=baseline",
+        *TINY,
+        "--epochs=3",
+        f"--output_dir={tmp_path}",
+    ]
+    first = run_script(
+        "train_cifar.py",
+        *args,
+        "--stop_after_epoch=1",
+        expect_returncode=STOPPED_EXIT_CODE,
+    )
     assert "Epoch 1/3" in first and "Epoch 2/3" not in first
     assert not (tmp_path / "results.json").exists()
     seconds_first = read_json(tmp_path / "history.json")["epoch_seconds"]
@@ -168,14 +183,19 @@ def test_train_cifar_resumes_after_a_kill(tmp_path):
 def test_train_cifar_mirrored_and_mixed_precision(
     method, flag, replicas, tmp_path
 ):
-    run_script("train_cifar.py", "--model=vgg11", f"--method={method}",
-               *TINY, flag, f"--output_dir={tmp_path}")
+    run_script(
+        "train_cifar.py",
+        "--model=vgg11",
+        f"--method={method}",
+        *TINY,
+        flag,
+        f"--output_dir={tmp_path}",
+    )
     results = check_outputs(tmp_path, method)
     assert results["replicas"] == replicas
     assert results["mixed_precision"] == (flag == "--mixed_precision")
     if method == "sgs_mi":
-        check_sgs_mi_refreshed(
-            results, read_json(tmp_path / "history.json"))
+        check_sgs_mi_refreshed(results, read_json(tmp_path / "history.json"))
     else:
         check_fused(results)
 
@@ -187,14 +207,20 @@ def write_jpeg_records(path, images, labels):
     with tf.io.TFRecordWriter(str(path)) as writer:
         for image, label in zip(images, labels):
             feature = {
-                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
-                    value=[tf.io.encode_jpeg(image).numpy()])),
+                "image/encoded": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(
+                        value=[tf.io.encode_jpeg(image).numpy()]
+                    )
+                ),
                 "image/class/label": tf.train.Feature(
-                    int64_list=tf.train.Int64List(value=[int(label)])),
+                    int64_list=tf.train.Int64List(value=[int(label)])
+                ),
             }
-            writer.write(tf.train.Example(
-                features=tf.train.Features(feature=feature)
-            ).SerializeToString())
+            writer.write(
+                tf.train.Example(
+                    features=tf.train.Features(feature=feature)
+                ).SerializeToString()
+            )
 
 
 def test_train_imagenet_on_two_cpus(tmp_path):
@@ -203,7 +229,8 @@ def test_train_imagenet_on_two_cpus(tmp_path):
     from keras_sgs.tfrecords import read_image_records
 
     images, labels = read_image_records(
-        str(SAMPLE / "train.tfrecord"), limit=48)
+        str(SAMPLE / "train.tfrecord"), limit=48
+    )
     # Not square, so that the crops have work to do.
     images = tf.cast(tf.image.resize(images, (64, 80)), tf.uint8).numpy()
     write_jpeg_records(tmp_path / "train.tfrecord", images[:32], labels[:32])
@@ -229,7 +256,7 @@ def test_train_imagenet_on_two_cpus(tmp_path):
     check_sgs_mi_refreshed(results, read_json(output_dir / "history.json"))
 
 
-# -- tensorflow_datasets, offline ---------------------------------------------
+# -- tensorflow_datasets, offline --------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -243,11 +270,18 @@ def test_train_imagenet_on_two_cpus(tmp_path):
 def test_tfds_datasets(script, name, classes, tmp_path):
     """`--tfds_name` end to end on `tfds.testing.mock_data`."""
     extra = ["--image_size=64", "--strategy=default"] * (
-        script == "train_imagenet.py")
+        script == "train_imagenet.py"
+    )
     run_script(
-        script, f"--tfds_name={name}", "--method=sgs_mi", *TINY,
-        "--batch_size=16", *extra, f"--output_dir={tmp_path}",
-        tfds_examples=48)
+        script,
+        f"--tfds_name={name}",
+        "--method=sgs_mi",
+        *TINY,
+        "--batch_size=16",
+        *extra,
+        f"--output_dir={tmp_path}",
+        tfds_examples=48,
+    )
     weight_decay = 1e-4 if name == "imagenet2012" else 5e-4
     results = check_outputs(tmp_path, "sgs_mi", weight_decay=weight_decay)
     assert results["data"] == f"tfds:{name}"
@@ -256,15 +290,21 @@ def test_tfds_datasets(script, name, classes, tmp_path):
     check_sgs_mi_refreshed(results, read_json(tmp_path / "history.json"))
 
 
-# -- restarts -------------------------------------------------------------------
+# -- restarts ------------------------------------------------------------
 
 
 def stopped_run(output_dir, *flags):
     """Starts a 3-epoch sgs_mi run that stops after its first epoch."""
     run_script(
-        "train_cifar.py", "--method=sgs_mi", *TINY, "--epochs=3", *flags,
-        "--stop_after_epoch=1", f"--output_dir={output_dir}",
-        expect_returncode=STOPPED_EXIT_CODE)
+        "train_cifar.py",
+        "--method=sgs_mi",
+        *TINY,
+        "--epochs=3",
+        *flags,
+        "--stop_after_epoch=1",
+        f"--output_dir={output_dir}",
+        expect_returncode=STOPPED_EXIT_CODE,
+    )
 
 
 def test_restart_with_other_flags_is_refused(tmp_path):
@@ -273,8 +313,14 @@ def test_restart_with_other_flags_is_refused(tmp_path):
     assert recorded["task"] == "cifar"
     assert recorded["flags"]["method"] == "sgs_mi"
     output = run_script(
-        "train_cifar.py", "--method=baseline", *TINY, "--epochs=3",
-        "--width=0.25", f"--output_dir={tmp_path}", expect_returncode=1)
+        "train_cifar.py",
+        "--method=baseline",
+        *TINY,
+        "--epochs=3",
+        "--width=0.25",
+        f"--output_dir={tmp_path}",
+        expect_returncode=1,
+    )
     assert "--method: 'sgs_mi' -> 'baseline'" in output
     assert "--width: 0.125 -> 0.25" in output
     assert "--overwrite" in output
@@ -282,22 +328,28 @@ def test_restart_with_other_flags_is_refused(tmp_path):
     assert read_json(tmp_path / "run_flags.json") == recorded
 
     run_script(
-        "train_cifar.py", "--method=baseline", *TINY, "--epochs=3",
-        "--overwrite", f"--output_dir={tmp_path}")
+        "train_cifar.py",
+        "--method=baseline",
+        *TINY,
+        "--epochs=3",
+        "--overwrite",
+        f"--output_dir={tmp_path}",
+    )
     results = read_json(tmp_path / "results.json")
     assert results["method"] == "baseline"
     assert results["resumed_from_epoch"] == 0
     assert results["sgs_refreshes"] == 0
     assert read_json(tmp_path / "history.json")["epoch"] == [1, 2, 3]
     assert read_json(tmp_path / "run_flags.json")["flags"]["method"] == (
-        "baseline")
+        "baseline"
+    )
 
 
 def test_unrecorded_run_folder_is_refused(tmp_path):
     (tmp_path / "history.json").write_text("{}")
     output = run_script(
-        "train_cifar.py", *TINY, f"--output_dir={tmp_path}",
-        expect_returncode=1)
+        "train_cifar.py", *TINY, f"--output_dir={tmp_path}", expect_returncode=1
+    )
     assert "history.json" in output and "run_flags.json is missing" in output
 
 
@@ -306,8 +358,13 @@ def test_corrupt_history_names_the_file(tmp_path):
     history = tmp_path / "history.json"
     history.write_text(history.read_text()[:20])  # a kill mid-write
     output = run_script(
-        "train_cifar.py", "--method=sgs_mi", *TINY, "--epochs=3",
-        f"--output_dir={tmp_path}", expect_returncode=1)
+        "train_cifar.py",
+        "--method=sgs_mi",
+        *TINY,
+        "--epochs=3",
+        f"--output_dir={tmp_path}",
+        expect_returncode=1,
+    )
     assert f"{history} is corrupt" in output
     assert "--overwrite" in output
 
@@ -317,13 +374,18 @@ def test_unreadable_backup_names_the_folder(tmp_path):
     weights = tmp_path / "backup" / "latest.weights.h5"
     weights.write_bytes(weights.read_bytes()[:100])
     output = run_script(
-        "train_cifar.py", "--method=sgs_mi", *TINY, "--epochs=3",
-        f"--output_dir={tmp_path}", expect_returncode=1)
+        "train_cifar.py",
+        "--method=sgs_mi",
+        *TINY,
+        "--epochs=3",
+        f"--output_dir={tmp_path}",
+        expect_returncode=1,
+    )
     assert f"The backup in {tmp_path / 'backup'} cannot be read" in output
     assert "--overwrite" in output
 
 
-# -- data checked before training -----------------------------------------------
+# -- data checked before training ----------------------------------------
 
 
 def write_png_records(path, images, labels):
@@ -333,14 +395,20 @@ def write_png_records(path, images, labels):
     with tf.io.TFRecordWriter(str(path)) as writer:
         for image, label in zip(images, labels):
             feature = {
-                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
-                    value=[tf.io.encode_png(image).numpy()])),
+                "image/encoded": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(
+                        value=[tf.io.encode_png(image).numpy()]
+                    )
+                ),
                 "image/class/label": tf.train.Feature(
-                    int64_list=tf.train.Int64List(value=[int(label)])),
+                    int64_list=tf.train.Int64List(value=[int(label)])
+                ),
             }
-            writer.write(tf.train.Example(
-                features=tf.train.Features(feature=feature)
-            ).SerializeToString())
+            writer.write(
+                tf.train.Example(
+                    features=tf.train.Features(feature=feature)
+                ).SerializeToString()
+            )
 
 
 @pytest.fixture
@@ -361,9 +429,15 @@ def bad_data_output(tmp_path, train, test, *flags):
         else:
             write_png_records(paths[-1], *data)
     output = run_script(
-        "train_cifar.py", f"--data={paths[0]}", f"--test_data={paths[1]}",
-        *TINY, "--batch_size=16", *flags,
-        f"--output_dir={tmp_path / 'out'}", expect_returncode=1)
+        "train_cifar.py",
+        f"--data={paths[0]}",
+        f"--test_data={paths[1]}",
+        *TINY,
+        "--batch_size=16",
+        *flags,
+        f"--output_dir={tmp_path / 'out'}",
+        expect_returncode=1,
+    )
     assert "Epoch 1/" not in output
     return output, paths
 
@@ -374,9 +448,12 @@ def test_wrong_image_size_is_refused_before_training(sample_images, tmp_path):
     images, labels = sample_images
     large = tf.cast(tf.image.resize(images, (64, 64)), tf.uint8).numpy()
     output, paths = bad_data_output(
-        tmp_path, (large[:32], labels[:32]), (images[32:], labels[32:]))
-    assert f"--data file {paths[0]}: example 0 has a 64x64 image, not 32x32" \
+        tmp_path, (large[:32], labels[:32]), (images[32:], labels[32:])
+    )
+    assert (
+        f"--data file {paths[0]}: example 0 has a 64x64 image, not 32x32"
         in output
+    )
 
 
 def test_label_outside_num_classes_is_refused(sample_images, tmp_path):
@@ -384,43 +461,58 @@ def test_label_outside_num_classes_is_refused(sample_images, tmp_path):
     labels = labels.copy()
     labels[35] = 10
     output, paths = bad_data_output(
-        tmp_path, (images[:32], labels[:32]), (images[32:], labels[32:]))
-    assert (f"--test_data file {paths[1]}: example 3 has label 10, outside "
-            "[0, 10)") in output
+        tmp_path, (images[:32], labels[:32]), (images[32:], labels[32:])
+    )
+    assert (
+        f"--test_data file {paths[1]}: example 3 has label 10, outside [0, 10)"
+    ) in output
 
 
 def test_corrupt_test_file_is_named_before_training(sample_images, tmp_path):
     images, labels = sample_images
     output, paths = bad_data_output(
-        tmp_path, (images[:32], labels[:32]), b"not a TFRecord file")
+        tmp_path, (images[:32], labels[:32]), b"not a TFRecord file"
+    )
     assert f"--test_data: {paths[1]} is not a readable TFRecord file" in output
 
 
 def test_batch_larger_than_the_data_is_refused(sample_images, tmp_path):
     images, labels = sample_images
     output, _ = bad_data_output(
-        tmp_path, (images[:8], labels[:8]), (images[32:], labels[32:]))
-    assert ("--batch_size=16 is larger than the training data (8 examples"
-            in output)
+        tmp_path, (images[:8], labels[:8]), (images[32:], labels[32:])
+    )
+    assert (
+        "--batch_size=16 is larger than the training data (8 examples" in output
+    )
 
 
-# -- export --------------------------------------------------------------------
+# -- export ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method, int8_io", [("sgs_mi", True), ("repvgg", False)])
+@pytest.mark.parametrize(
+    "method, int8_io", [("sgs_mi", True), ("repvgg", False)]
+)
 def test_export(method, int8_io, tmp_path):
     """SavedModel and TFLite files of a finished run, with accuracies."""
     import tensorflow as tf
 
-    run_script("train_cifar.py", f"--method={method}", *TINY,
-               f"--output_dir={tmp_path}")
+    run_script(
+        "train_cifar.py",
+        f"--method={method}",
+        *TINY,
+        f"--output_dir={tmp_path}",
+    )
     output = run_script(
-        "export.py", f"--run_dir={tmp_path}", "--representative_images=32",
-        *["--int8_io"] * int8_io)
+        "export.py",
+        f"--run_dir={tmp_path}",
+        "--representative_images=32",
+        *["--int8_io"] * int8_io,
+    )
     report = read_json(tmp_path / "export" / "export.json")
     assert f"{method}: test top-1 Keras" in output
     assert report["model_file"] == (
-        "fused.keras" if method == "repvgg" else "model.keras")
+        "fused.keras" if method == "repvgg" else "model.keras"
+    )
     assert report["test_examples"] == 1000
     accuracy = report["test_top1"]
     results = read_json(tmp_path / "results.json")
@@ -433,13 +525,18 @@ def test_export(method, int8_io, tmp_path):
     assert abs(accuracy["tflite_float"] - accuracy["keras"]) <= 0.002
     assert 0.0 <= accuracy["tflite_int8"] <= 1.0
     assert report["int8_drop"] == pytest.approx(
-        accuracy["tflite_float"] - accuracy["tflite_int8"])
+        accuracy["tflite_float"] - accuracy["tflite_int8"]
+    )
     interpreter = tf.lite.Interpreter(
-        model_path=str(tmp_path / "export" / "model_int8.tflite"))
+        model_path=str(tmp_path / "export" / "model_int8.tflite")
+    )
     dtype = interpreter.get_input_details()[0]["dtype"]
     assert dtype == (np.int8 if int8_io else np.float32)
-    weights = [d for d in interpreter.get_tensor_details()
-               if d["dtype"] == np.int8 and len(d["shape"]) == 4]
+    weights = [
+        d
+        for d in interpreter.get_tensor_details()
+        if d["dtype"] == np.int8 and len(d["shape"]) == 4
+    ]
     assert len(weights) >= 8  # at least one per conv kernel, and activations
     assert report["tflite_bytes"]["int8"] < report["tflite_bytes"]["float"] / 2
     reloaded = tf.saved_model.load(str(tmp_path / "export" / "saved_model"))
@@ -448,6 +545,7 @@ def test_export(method, int8_io, tmp_path):
 
 def test_export_refuses_an_unfinished_run(tmp_path):
     stopped_run(tmp_path)
-    output = run_script("export.py", f"--run_dir={tmp_path}",
-                        expect_returncode=1)
+    output = run_script(
+        "export.py", f"--run_dir={tmp_path}", expect_returncode=1
+    )
     assert "is not a finished training run: it has no results.json" in output

@@ -65,7 +65,9 @@ def run_workers(command, tmp_path, expect=(0, 0)):
             processes.append(
                 subprocess.Popen(
                     [sys.executable, *map(str, command(index))],
-                    env=env, stdout=log, stderr=subprocess.STDOUT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
             )
     deadline = time.monotonic() + TIMEOUT_S
@@ -93,9 +95,7 @@ def run_sgs_workers(mode, tmp_path):
     chief's first."""
     records = CIFAR10_DIR / "train-00000-of-00008.tfrecord"
     outs = [tmp_path / f"worker{index}.npz" for index in range(2)]
-    run_workers(
-        lambda index: [WORKER, records, mode, outs[index]], tmp_path
-    )
+    run_workers(lambda index: [WORKER, records, mode, outs[index]], tmp_path)
     results = []
     for out in outs:
         with np.load(out) as saved:
@@ -155,13 +155,20 @@ def test_train_cifar_on_two_workers_resumes_after_a_kill(tmp_path):
     resume from their backups and finish with the same weights and masks."""
     out = tmp_path / "run"
     flags = [
-        TRAIN_CIFAR, "--strategy=multiworker", "--method=sgs_mi",
-        "--width=0.125", "--batch_size=32", "--steps_per_epoch=2",
-        "--epochs=3", "--refresh_every=1", "--verbose=2",
+        TRAIN_CIFAR,
+        "--strategy=multiworker",
+        "--method=sgs_mi",
+        "--width=0.125",
+        "--batch_size=32",
+        "--steps_per_epoch=2",
+        "--epochs=3",
+        "--refresh_every=1",
+        "--verbose=2",
         f"--output_dir={out}",
     ]
-    run_workers(lambda _: [*flags, "--stop_after_epoch=2"], tmp_path,
-                expect=(75, 75))
+    run_workers(
+        lambda _: [*flags, "--stop_after_epoch=2"], tmp_path, expect=(75, 75)
+    )
     run_workers(lambda _: flags, tmp_path)
     worker_dir = out / "workers" / "worker_1"
     for folder in (out, worker_dir):

@@ -48,7 +48,11 @@ def reference_nmik(x, y, k, diagonal_removal):
 
 
 def reference_dependence(
-    fmap, kernel_size, k=5.0, padding="same", dilation_rate=1,
+    fmap,
+    kernel_size,
+    k=5.0,
+    padding="same",
+    dilation_rate=1,
     diagonal_removal=False,
 ):
     fmap = np.asarray(fmap, np.float64)
@@ -207,7 +211,9 @@ def _with(fmap, index, value):
 def test_non_finite_and_degenerate_maps(fmap, defined, diagonal_removal):
     """One rule on every backend: non-finite channels are left out, and a
     displacement that no channel estimates is NaN (undefined)."""
-    expected = reference_dependence(fmap, (3, 3), diagonal_removal=diagonal_removal)
+    expected = reference_dependence(
+        fmap, (3, 3), diagonal_removal=diagonal_removal
+    )
     d = estimate(fmap, (3, 3), diagonal_removal=diagonal_removal)
     np.testing.assert_allclose(d, expected, atol=1e-5)
     assert d[1, 1] == 1.0
@@ -217,7 +223,10 @@ def test_non_finite_and_degenerate_maps(fmap, defined, diagonal_removal):
     if defined:  # the same as without the bad channels
         bad = ~np.isfinite(fmap).all(axis=(0, 1, 2))
         np.testing.assert_allclose(
-            d, estimate(fmap[..., ~bad], (3, 3), diagonal_removal=diagonal_removal),
+            d,
+            estimate(
+                fmap[..., ~bad], (3, 3), diagonal_removal=diagonal_removal
+            ),
             atol=1e-6,
         )
 
@@ -232,7 +241,8 @@ def test_nearly_dead_relu_channels(cifar10_train):
         dead = np.random.default_rng(channel).permutation(len(flat))[alive:]
         flat[dead, channel] = 0.0
     np.testing.assert_allclose(
-        estimate(images, (3, 3)), reference_dependence(images, (3, 3)),
+        estimate(images, (3, 3)),
+        reference_dependence(images, (3, 3)),
         atol=1e-5,
     )
 
@@ -253,7 +263,9 @@ def test_input_dtype_and_symmetry(cifar10_train):
     d32 = estimate(images, (3, 3))
     d16 = estimate(images.astype("float16"), (3, 3))
     assert d16.dtype == np.float32
-    np.testing.assert_allclose(d16, reference_dependence(images.astype("float16"), (3, 3)), atol=1e-5)
+    np.testing.assert_allclose(
+        d16, reference_dependence(images.astype("float16"), (3, 3)), atol=1e-5
+    )
     np.testing.assert_allclose(d32, d32[::-1, ::-1])
     assert d32[1, 1] == 1.0
 
@@ -279,8 +291,11 @@ def test_dependence_to_scaling():
         ((0, 8, 8, 3), {}, r"shape \(0, 8, 8, 3\)"),
         ((4, 8, 8, 0), {}, r"shape \(4, 8, 8, 0\)"),
         ((4, 1, 1, 3), {"padding": "valid"}, r"shape \(4, 1, 1, 3\)"),
-        ((4, 4, 4, 3), {"padding": "valid", "dilation_rate": 2},
-         "dilation_rate=\\(2, 2\\)"),
+        (
+            (4, 4, 4, 3),
+            {"padding": "valid", "dilation_rate": 2},
+            "dilation_rate=\\(2, 2\\)",
+        ),
         ((4, 8, 8, 3), {"k": True}, "k=True"),
     ],
 )
@@ -294,9 +309,11 @@ def test_numpy_scalars_are_numbers():
     fmap = np.random.default_rng(5).normal(size=(2, 6, 6, 2)).astype("float32")
     expected = estimate(fmap, (3, 3), k=5.0)
     np.testing.assert_allclose(
-        estimate(fmap, np.int64(3), k=np.float32(5.0),
-                 dilation_rate=np.int32(1)),
-        expected, atol=1e-6,
+        estimate(
+            fmap, np.int64(3), k=np.float32(5.0), dilation_rate=np.int32(1)
+        ),
+        expected,
+        atol=1e-6,
     )
 
 
@@ -305,8 +322,13 @@ def test_numpy_scalars_are_numbers():
 from keras_sgs import mutual_info  # noqa: E402
 
 
-def _chunk_and_plan(shape=(3, 6, 5, 4), kernel_size=(3, 3), padding="same",
-                    dilation_rate=(1, 1), seed=0):
+def _chunk_and_plan(
+    shape=(3, 6, 5, 4),
+    kernel_size=(3, 3),
+    padding="same",
+    dilation_rate=(1, 1),
+    seed=0,
+):
     """A ReLU map, its plan, and the map as one padded float32 chunk
     `(channels, *padded, batch)` (numpy) with the plan of that chunk."""
     fmap = _relu_map(seed, shape)
@@ -318,8 +340,10 @@ def _chunk_and_plan(shape=(3, 6, 5, 4), kernel_size=(3, 3), padding="same",
 
 def _numpy_pairs(padded_chunk, plan, i):
     every = (slice(None),)
-    return (padded_chunk[every + plan.x_slices[i]],
-            padded_chunk[every + plan.y_slices[i]])
+    return (
+        padded_chunk[every + plan.x_slices[i]],
+        padded_chunk[every + plan.y_slices[i]],
+    )
 
 
 def test_pair_plan():
@@ -358,11 +382,13 @@ def test_pair_plan():
 def test_pairs_and_bin_ranges(padding):
     _, plan, chunk = _chunk_and_plan(padding=padding)
     x = keras.ops.convert_to_tensor(chunk)
-    low, high = (keras.ops.convert_to_numpy(t)
-                 for t in mutual_info.bin_ranges(x, plan))
+    low, high = (
+        keras.ops.convert_to_numpy(t) for t in mutual_info.bin_ranges(x, plan)
+    )
     for i, d in enumerate(plan.displacements):
-        xs, ys = (keras.ops.convert_to_numpy(t)
-                  for t in mutual_info.pairs(x, plan, i))
+        xs, ys = (
+            keras.ops.convert_to_numpy(t) for t in mutual_info.pairs(x, plan, i)
+        )
         expected_x, expected_y = _numpy_pairs(chunk, plan, i)
         np.testing.assert_array_equal(xs, expected_x)
         np.testing.assert_array_equal(ys, expected_y)
@@ -380,7 +406,8 @@ def test_pairs_and_bin_ranges(padding):
 def test_kept_bin_ranges():
     _, plan, chunk = _chunk_and_plan()
     low, high, count = (
-        keras.ops.convert_to_numpy(t) for t in mutual_info.kept_bin_ranges(
+        keras.ops.convert_to_numpy(t)
+        for t in mutual_info.kept_bin_ranges(
             keras.ops.convert_to_tensor(chunk), plan
         )
     )
@@ -407,10 +434,13 @@ def test_cell_ids_and_histograms(diagonal_removal):
         low, high = mutual_info.bin_ranges(x, plan)
         bins = np.repeat(plan.bins[:, None], plan.chunk, axis=1)
     ids = mutual_info.cell_ids(x, plan, low, high, bins, diagonal_removal)
-    joint = keras.ops.convert_to_numpy(mutual_info.histograms(
-        mutual_info.count_cells(ids, plan), plan
-    ))
-    assert joint.shape == (plan.num_displacements, plan.chunk) + (plan.max_bins,) * 2
+    joint = keras.ops.convert_to_numpy(
+        mutual_info.histograms(mutual_info.count_cells(ids, plan), plan)
+    )
+    assert (
+        joint.shape
+        == (plan.num_displacements, plan.chunk) + (plan.max_bins,) * 2
+    )
     for i in range(plan.num_displacements):
         xs, ys = _numpy_pairs(chunk.astype(np.float64), plan, i)
         for c in range(plan.chunk):
@@ -447,7 +477,9 @@ def test_sharpened_nmi():
     for i, c in np.ndindex(3, 5):
         h = joint[i, c].astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
-            nmi = (entropy(h.sum(0)) + entropy(h.sum(1)) - entropy(h)) / entropy(h)
+            nmi = (
+                entropy(h.sum(0)) + entropy(h.sum(1)) - entropy(h)
+            ) / entropy(h)
             expected = 2 * nmi / (nmi + 1)
         np.testing.assert_allclose(d[i, c], expected, atol=1e-6)
     assert np.isnan(d[0, 0])
@@ -455,12 +487,15 @@ def test_sharpened_nmi():
 
 def test_mean_over_channels():
     no_pair = mutual_info._NO_PAIR
-    d = np.array([
-        [0.2, 0.4, np.nan],  # NaN channels are left out
-        [0.3, no_pair, np.nan],  # no pair counts as 0 (the authors)
-        [np.nan, np.nan, np.nan],  # no channel: undefined
-        [no_pair, no_pair, np.nan],  # no estimate at all: undefined
-    ], "float32")
+    d = np.array(
+        [
+            [0.2, 0.4, np.nan],  # NaN channels are left out
+            [0.3, no_pair, np.nan],  # no pair counts as 0 (the authors)
+            [np.nan, np.nan, np.nan],  # no channel: undefined
+            [no_pair, no_pair, np.nan],  # no estimate at all: undefined
+        ],
+        "float32",
+    )
     mean = keras.ops.convert_to_numpy(mutual_info.mean_over_channels(d))
     np.testing.assert_allclose(mean[:2], [0.3, 0.15], atol=1e-7)
     assert np.isnan(mean[2]) and np.isnan(mean[3])
