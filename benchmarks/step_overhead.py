@@ -122,8 +122,8 @@ def main(_):
     lines = [
         f"Backend and device: {device_description()}; {source}. CIFAR "
         f"models, width {FLAGS.width}, batch {FLAGS.batch_size}, "
-        f"{FLAGS.rounds} interleaved rounds of {FLAGS.steps} steps; median seconds per "
-        "step.",
+        f"{FLAGS.rounds} interleaved rounds of {FLAGS.steps} steps; median "
+        "seconds per step.",
         "",
         "| model | variant | s/step (median) | min | max | ratio to SGD |",
         "|---|---|---|---|---|---|",
