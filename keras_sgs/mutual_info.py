@@ -362,9 +362,10 @@ def pairs(x, plan, i):
     return x[every + plan.x_slices[i]], x[every + plan.y_slices[i]]
 
 
-def finite_channels(x):
-    """`(chunk,)` bool: whether every value of a channel is finite."""
-    return ops.all(ops.reshape(ops.isfinite(x), (x.shape[0], -1)), axis=1)
+def finite_channels(finite):
+    """`(chunk,)` bool: whether every value of a channel is finite, from
+    `ops.isfinite` of the chunk."""
+    return ops.all(ops.reshape(finite, (finite.shape[0], -1)), axis=1)
 
 
 def bin_ranges(x, plan):
@@ -423,7 +424,21 @@ def sturges_bins(num_pairs):
 def bin_index(values, low, scale, top):
     """`min(floor((v - low) * scale), top)` as int32, for finite `values`
     not below `low` (where the cast's truncation is the floor)."""
+    if keras.backend.backend() == "torch":  # eager: in place, 2 passes
+        import torch
+
+        index = torch.sub(values, low).mul_(scale).to(torch.int32)
+        return index.clamp_max_(top)
     return ops.minimum(ops.cast((values - low) * scale, "int32"), top)
+
+
+def _cell(ix, iy, max_bins, offset):
+    """`ix * max_bins * _COPIES + iy * _COPIES + offset` (in place on
+    PyTorch, which runs eagerly; XLA fuses the generic form)."""
+    if keras.backend.backend() == "torch":
+        iy = iy.mul_(_COPIES)
+        return ix.mul_(max_bins * _COPIES).add_(iy).add_(offset)
+    return ix * (max_bins * _COPIES) + iy * _COPIES + offset
 
 
 def cell_ids(x, plan, low, high, bins, diagonal_removal):
@@ -449,19 +464,21 @@ def cell_ids(x, plan, low, high, bins, diagonal_removal):
     (x_low, y_low), (x_scale, y_scale) = (
         [ops.unstack(t) for t in ops.unstack(v)] for v in (low, scale)
     )
-    channel = np.arange(chunk, dtype="int32") * max_bins**2
-    channel = np.reshape(channel, per_channel[1:])
+    # Where each channel's histograms start, plus each example's copy.
+    channel = np.arange(chunk, dtype="int32") * max_bins**2 * _COPIES
     copy = np.arange(x.shape[-1], dtype="int32") % _COPIES
+    offset = ops.convert_to_tensor(np.reshape(channel, per_channel[1:]) + copy)
     ids = []
     for i in range(plan.num_displacements):
         x_values, y_values = pairs(x, plan, i)
         ix = bin_index(x_values, x_low[i], x_scale[i], top[i])
         iy = bin_index(y_values, y_low[i], y_scale[i], top[i])
-        cell = (ix * max_bins + iy + channel) * _COPIES + copy
-        if diagonal_removal:
+        if diagonal_removal:  # before `_cell`, which may reuse `ix`, `iy`
             keep = ops.logical_and(
                 kept_pairs(x_values, y_values), ops.not_equal(ix, iy)
             )
+        cell = _cell(ix, iy, max_bins, offset)
+        if diagonal_removal:
             cell = ops.where(keep, cell, plan.dropped_pair_cell)
         ids.append(cell)
     return ids
@@ -513,8 +530,9 @@ def _chunk_dependence(plan, k, diagonal_removal):
 
     def cells(chunk):
         x = padded_chunk(chunk, plan)
-        finite = finite_channels(x)
-        x = ops.where(ops.isfinite(x), x, 0.0)  # those channels give NaN
+        finite = ops.isfinite(x)
+        x = ops.where(finite, x, 0.0)  # those channels give NaN
+        finite = finite_channels(finite)
         if diagonal_removal:
             low, high, count = kept_bin_ranges(x, plan)
             bins = sturges_bins(count)
@@ -591,8 +609,8 @@ def _count(ids, length):
 
     TensorFlow's `DenseBincount` kernel counts in per-thread histograms
     (`ops.bincount` adds a pass for the maximum, and its scatter-based
-    `unsorted_segment_sum` is about 20x slower on CPU); PyTorch has
-    `bincount`; under `jax.jit` the length must be static, which
+    `unsorted_segment_sum` is about 20x slower on CPU); PyTorch adds ones
+    at the ids; under `jax.jit` the length must be static, which
     `segment_sum` has.
     """
     backend = keras.backend.backend()
@@ -604,7 +622,12 @@ def _count(ids, length):
     if backend == "jax":
         ones = ops.ones_like(ids, dtype="float32")
         return ops.segment_sum(ones, ids, num_segments=length)
-    return ops.cast(ops.bincount(ids, minlength=length), "float32")
+    import torch
+
+    # `index_add_` of a broadcast 1: `bincount`'s two passes checking the
+    # ids' range left out (2x faster on CPU).
+    ones = torch.ones((), device=ids.device).expand(ids.shape)
+    return torch.zeros(length, device=ids.device).index_add_(0, ids, ones)
 
 
 def _entropy(counts, axis):
