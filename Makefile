@@ -2,9 +2,14 @@
 PYTHON ?= python3
 PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider
 
-.PHONY: test test-tensorflow test-jax test-torch benchmarks
+.PHONY: test lint test-tensorflow test-jax test-torch benchmarks
 
-test: test-tensorflow test-jax test-torch
+test: lint test-tensorflow test-jax test-torch
+
+# The settings are in pyproject.toml ([tool.ruff]).
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 test-tensorflow:
 	KERAS_BACKEND=tensorflow $(PYTEST)
