@@ -75,9 +75,7 @@ def mask_from_branches(kernel_size, branches, normalize=False):
         A float32 numpy array of shape `kernel_size`.
     """
     size = _spatial_size("kernel_size", kernel_size)
-    if isinstance(branches, (str, bytes)) or not hasattr(
-        branches, "__iter__"
-    ):
+    if isinstance(branches, (str, bytes)) or not hasattr(branches, "__iter__"):
         raise TypeError(
             "`branches` must be a list of (branch_kernel_size, scalar) "
             f"pairs. Received: branches={branches!r}"
@@ -148,8 +146,7 @@ def validate_mask(value, spatial_shape, name="value"):
         array = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError):
         raise TypeError(
-            f"`{name}` must be an array of numbers. Received: "
-            f"{name}={value!r}"
+            f"`{name}` must be an array of numbers. Received: {name}={value!r}"
         ) from None
     if array.shape not in (spatial_shape, spatial_shape + (1, 1)):
         raise ValueError(

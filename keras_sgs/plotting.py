@@ -68,8 +68,15 @@ def plot_masks(masks, path, columns=6):
             mask = mask[mask.shape[0] // 2]
         image = ax.imshow(mask, cmap="viridis")
         for (i, j), value in np.ndenumerate(mask):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center",
-                    color="white", fontsize=7)
+            ax.text(
+                j,
+                i,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                color="white",
+                fontsize=7,
+            )
         ax.set_title(name, fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()

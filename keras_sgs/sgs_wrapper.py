@@ -304,8 +304,8 @@ class SGSWrapper(keras.optimizers.Optimizer):
                 self._masks.append(
                     self.add_variable(
                         shape=value.shape,
-                        initializer=lambda shape, dtype, value=value: (
-                            ops.cast(value, dtype)
+                        initializer=lambda shape, dtype, value=value: ops.cast(
+                            value, dtype
                         ),
                         dtype="float32",
                         aggregation="only_first_replica",
@@ -389,8 +389,10 @@ class SGSWrapper(keras.optimizers.Optimizer):
     def load_own_variables(self, store):
         # The state of a plain optimizer (`SGD`, saved without masks) is the
         # inner optimizer's state; the masks keep their values.
-        if len(store.keys()) == len(self.inner_optimizer.variables) < len(
-            self.variables
+        if (
+            len(store.keys())
+            == len(self.inner_optimizer.variables)
+            < len(self.variables)
         ):
             self.inner_optimizer.load_own_variables(store)
             return
@@ -436,9 +438,7 @@ class SGSWrapper(keras.optimizers.Optimizer):
                 f"Received: variable={variable.path} with shape "
                 f"{tuple(variable.shape)}"
             )
-        mask.assign(
-            masks_lib.validate_mask(value, tuple(variable.shape[:-2]))
-        )
+        mask.assign(masks_lib.validate_mask(value, tuple(variable.shape[:-2])))
 
     def _index_of(self, variable):
         if not self.built:
@@ -514,7 +514,9 @@ class SGSWrapper(keras.optimizers.Optimizer):
             result.append(g + decay)
         return result
 
-    def _apply_masked_update(self, grads, trainable_variables, variables, masks):
+    def _apply_masked_update(
+        self, grads, trainable_variables, variables, masks
+    ):
         inner = self.inner_optimizer
         scaled = [
             (v, m)
@@ -554,6 +556,7 @@ class SGSWrapper(keras.optimizers.Optimizer):
             for variable, value in zip(variables, values):
                 variable.assign(value)
             return
+
         def assign_all(distribution, pairs):
             for variable, value in pairs:
                 distribution.extended.update(
@@ -564,7 +567,9 @@ class SGSWrapper(keras.optimizers.Optimizer):
                 )
 
         private.merge_call(
-            assign_all, self._distribution_strategy, list(zip(variables, values))
+            assign_all,
+            self._distribution_strategy,
+            list(zip(variables, values)),
         )
 
     # -- forwarded to the inner optimizer ------------------------------------

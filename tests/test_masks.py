@@ -39,7 +39,10 @@ def test_authors_figure_and_scalars():
 
 @pytest.mark.parametrize(
     "size, branches",
-    [((3,), [((3,), 1.0), ((1,), 2.0)]), ((3, 3, 3), [((3, 3, 3), 1.0), ((1, 3, 1), 1.0)])],
+    [
+        ((3,), [((3,), 1.0), ((1,), 2.0)]),
+        ((3, 3, 3), [((3, 3, 3), 1.0), ((1, 3, 1), 1.0)]),
+    ],
 )
 def test_other_ranks(size, branches):
     np.testing.assert_allclose(
@@ -48,9 +51,7 @@ def test_other_ranks(size, branches):
 
 
 def test_normalize():
-    mask = mask_from_branches(
-        3, [((3,), 1.0), ((1,), 1.0)], normalize=True
-    )
+    mask = mask_from_branches(3, [((3,), 1.0), ((1,), 1.0)], normalize=True)
     np.testing.assert_allclose(mask, np.array([1, 2, 1]) / (4 / 3), rtol=1e-6)
     assert mask.mean() == pytest.approx(1.0)
 
@@ -67,7 +68,10 @@ def test_normalize():
         (dict(kernel_size=(3, 3), branches=[(3, 3)]), "branch_kernel_size"),
         (dict(kernel_size=(3, 3), branches=[((3, 3),)]), "pair"),
         (dict(kernel_size=(3, 3), branches=[((3, 3), float("nan"))]), "finite"),
-        (dict(kernel_size=(3, 3), branches=[((3, 3), 0.0)], normalize=True), "mean is 0"),
+        (
+            dict(kernel_size=(3, 3), branches=[((3, 3), 0.0)], normalize=True),
+            "mean is 0",
+        ),
     ],
 )
 def test_bad_input(kwargs, match):
@@ -84,7 +88,9 @@ def test_validate_mask():
     out = validate_mask(np.ones((3, 3)), (3, 3))
     assert out.shape == (3, 3, 1, 1) and out.dtype == np.float32
     assert validate_mask(np.ones((3, 3, 1, 1)), (3, 3)).shape == (3, 3, 1, 1)
-    with pytest.raises(ValueError, match=r"shape \(3, 3\) or \(3, 3, 1, 1\).*\(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"shape \(3, 3\) or \(3, 3, 1, 1\).*\(3,\)"
+    ):
         validate_mask(np.ones(3), (3, 3))
     with pytest.raises(ValueError, match="non-negative"):
         validate_mask(-np.ones((3, 3)), (3, 3))

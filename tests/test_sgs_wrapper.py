@@ -110,7 +110,9 @@ def test_all_ones_masks_give_the_inner_trajectory():
     plain = trajectory(keras.optimizers.SGD(**kwargs), variables, start, steps)
     wrapped = trajectory(
         keras_sgs.SGSWrapper(keras.optimizers.SGD(**kwargs)),
-        variables, start, steps,
+        variables,
+        start,
+        steps,
     )
     for a, b in zip(plain[-1], wrapped[-1]):
         np.testing.assert_array_equal(a, b)
@@ -159,7 +161,12 @@ def reference_sgd(start, steps, masks, lr, momentum, nesterov, wd):
 
 @pytest.mark.parametrize(
     "momentum, nesterov, wd",
-    [(0.0, False, 0.0), (0.9, False, 0.0), (0.9, True, 0.0), (0.9, False, 0.05)],
+    [
+        (0.0, False, 0.0),
+        (0.9, False, 0.0),
+        (0.9, True, 0.0),
+        (0.9, False, 0.05),
+    ],
 )
 def test_hand_computed_sgd_update(momentum, nesterov, wd):
     rng = np.random.default_rng(2)
@@ -193,14 +200,18 @@ def test_hand_computed_sgd_update(momentum, nesterov, wd):
     expected = reference_sgd(start, steps, masks, 0.1, momentum, nesterov, wd)
     for v, x in zip(variables, expected):
         np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(v), x, rtol=2e-5, atol=2e-6,
+            keras.ops.convert_to_numpy(v),
+            x,
+            rtol=2e-5,
+            atol=2e-6,
             err_msg=v.path,
         )
     assert int(optimizer.iterations) == 3
 
 
-def reference_torch_sgd(start, steps, masks, decayed, lr, momentum, nesterov,
-                        wd):
+def reference_torch_sgd(
+    start, steps, masks, decayed, lr, momentum, nesterov, wd
+):
     """PyTorch's `SGD(lr, momentum, nesterov=..., weight_decay=wd)` on the
     masked gradients, in numpy: `d = S * g + wd * w` (where decayed),
     `b = momentum * b + d`, `w -= lr * (d + momentum * b if nesterov else
@@ -244,13 +255,17 @@ def test_coupled_weight_decay_is_pytorch_sgd_on_the_masked_gradient(
     )
     for v, x in zip(variables, expected):
         np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(v), x, rtol=2e-5, atol=2e-6,
+            keras.ops.convert_to_numpy(v),
+            x,
+            rtol=2e-5,
+            atol=2e-6,
             err_msg=v.path,
         )
     # Not a no-op: without the decay the trajectory differs.
     plain = keras_sgs.SGSWrapper(
         keras.optimizers.SGD(0.1, momentum=0.9, nesterov=nesterov),
-        mode=mode, masks=masks,
+        mode=mode,
+        masks=masks,
     )
     without = trajectory(plain, variables, start, steps)[-1]
     assert not np.allclose(without[0], expected[0], rtol=1e-3)
@@ -265,9 +280,12 @@ def test_coupled_weight_decay_follows_the_inner_loss_scale():
                 keras.optimizers.SGD(
                     0.1, momentum=0.9, loss_scale_factor=scale
                 ),
-                masks=ACB, coupled_weight_decay=0.05,
+                masks=ACB,
+                coupled_weight_decay=0.05,
             ),
-            variables, start, grads,
+            variables,
+            start,
+            grads,
         )[-1]
         for scale, grads in ((None, steps), (8.0, scaled_steps))
     ]
@@ -288,8 +306,10 @@ def test_apply_without_variables_after_build():
     index = [v.path for v in model.trainable_variables].index(kernel.path)
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(kernel),
-        before - ACB[..., None, None] * keras.ops.convert_to_numpy(grads[index]),
-        rtol=1e-5, atol=1e-6,
+        before
+        - ACB[..., None, None] * keras.ops.convert_to_numpy(grads[index]),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -307,7 +327,8 @@ def test_update_mode_scales_adam_steps():
         for before, after in zip(plain, plain[1:])
     ]
     optimizer = keras_sgs.SGSWrapper(
-        keras.optimizers.AdamW(0.01, weight_decay=0.1), mode="update",
+        keras.optimizers.AdamW(0.01, weight_decay=0.1),
+        mode="update",
         masks=ACB,
     )
     trajectory(optimizer, variables, start, steps)
@@ -319,7 +340,10 @@ def test_update_mode_scales_adam_steps():
             expected[i] = expected[i] - 0.01 * 0.1 * expected[i] + mask * d
     for v, x in zip(variables, expected):
         np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(v), x, rtol=1e-4, atol=1e-6,
+            keras.ops.convert_to_numpy(v),
+            x,
+            rtol=1e-4,
+            atol=1e-6,
             err_msg=v.path,
         )
 
@@ -333,7 +357,9 @@ def test_update_mode_equals_gradient_mode_for_plain_sgd():
                 mode=mode,
                 masks=ACB,
             ),
-            variables, start, steps,
+            variables,
+            start,
+            steps,
         )[-1]
         for mode in ("gradient", "update")
     ]
@@ -390,8 +416,14 @@ def test_gradient_mode_warns_for_adaptive_optimizers():
 
 
 def test_warns_when_no_kernel_is_scaled():
-    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 1),
-                              keras.layers.Flatten(), keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [
+            keras.Input((4, 4, 3)),
+            keras.layers.Conv2D(2, 1),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
     optimizer = keras_sgs.SGSWrapper(keras.optimizers.SGD())
     with pytest.warns(UserWarning, match="no conv kernel to scale"):
         optimizer.build(model.trainable_variables)
@@ -477,7 +509,9 @@ def test_set_weights_restores_the_inner_state():
         keras_sgs.SGSWrapper(keras.optimizers.Adam(0.01), mode="update"),
         variables,
     )
-    target.set_weights([keras.ops.convert_to_numpy(v) for v in source.variables])
+    target.set_weights(
+        [keras.ops.convert_to_numpy(v) for v in source.variables]
+    )
     assert int(target.iterations) == 2
     _assert_same_values(source.variables, target.variables)
     with pytest.raises(ValueError, match="must hold"):
@@ -513,10 +547,13 @@ def test_loads_the_state_of_the_plain_inner_optimizer():
     )
 
 
-@pytest.mark.parametrize("make", [
-    lambda: keras.optimizers.Nadam(0.01),
-    lambda: keras.optimizers.Adafactor(0.01),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.optimizers.Nadam(0.01),
+        lambda: keras.optimizers.Adafactor(0.01),
+    ],
+)
 def test_tracks_what_the_inner_optimizer_builds(make):
     """Nadam's `_u_product` and Adafactor's factored moments are created
     in `build` and found by attribute tracking only."""
@@ -524,6 +561,7 @@ def test_tracks_what_the_inner_optimizer_builds(make):
     variables = model.trainable_variables
     plain = _built(make(), variables)
     optimizer = _built(keras_sgs.SGSWrapper(make(), mode="update"), variables)
+
     def shapes(optimizer):
         return [tuple(v.shape) for v in optimizer.variables]
 
@@ -548,7 +586,9 @@ def test_update_mode_applies_a_constraint_once():
     def make_model():
         inputs = keras.Input((6, 6, 2))
         x = keras.layers.Conv2D(
-            3, 3, kernel_constraint=keras.constraints.MaxNorm(0.3),
+            3,
+            3,
+            kernel_constraint=keras.constraints.MaxNorm(0.3),
             name="conv",
         )(inputs)
         return keras.Model(inputs, x)
@@ -560,7 +600,9 @@ def test_update_mode_applies_a_constraint_once():
     plain = trajectory(keras.optimizers.SGD(0.5), variables, start, steps)
     wrapped = trajectory(
         keras_sgs.SGSWrapper(keras.optimizers.SGD(0.5), mode="update"),
-        variables, start, steps,
+        variables,
+        start,
+        steps,
     )
     for a, b in zip(plain[-1], wrapped[-1]):
         np.testing.assert_array_equal(a, b)
@@ -590,7 +632,11 @@ def test_swap_ema_weights_under_mixed_precision(mixed_float16):
         model.compile(optimizer, "mse")
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         model.fit(
-            images, targets, batch_size=8, epochs=2, verbose=0,
+            images,
+            targets,
+            batch_size=8,
+            epochs=2,
+            verbose=0,
             validation_data=(images, targets),
             callbacks=[keras.callbacks.SwapEMAWeights(swap_on_epoch=True)],
         )
@@ -633,13 +679,19 @@ def test_update_mode_with_all_ones_masks_is_the_inner_optimizer(name):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("make, rate", [
-    (lambda: keras.optimizers.AdamW(0.1, weight_decay=0.2), 0.2),
-    # Muon decays conv kernels (not 2-D) with `adam_weight_decay`.
-    (lambda: keras.optimizers.Muon(
-        0.1, weight_decay=0.5, adam_weight_decay=0.05
-    ), 0.05),
-])
+@pytest.mark.parametrize(
+    "make, rate",
+    [
+        (lambda: keras.optimizers.AdamW(0.1, weight_decay=0.2), 0.2),
+        # Muon decays conv kernels (not 2-D) with `adam_weight_decay`.
+        (
+            lambda: keras.optimizers.Muon(
+                0.1, weight_decay=0.5, adam_weight_decay=0.05
+            ),
+            0.05,
+        ),
+    ],
+)
 def test_update_mode_decays_zero_mask_positions_by_the_inner_rule(make, rate):
     model, variables, start, steps = random_problem(13, 1)
     kernel = model.get_layer("conv2d").kernel
@@ -654,8 +706,11 @@ def test_update_mode_decays_zero_mask_positions_by_the_inner_rule(make, rate):
 
 def test_serialization_round_trip():
     optimizer = keras_sgs.SGSWrapper(
-        keras.optimizers.SGD(0.1, momentum=0.9), mode="update",
-        masks={"conv2d": ACB}, coupled_weight_decay=5e-4, name="sgs",
+        keras.optimizers.SGD(0.1, momentum=0.9),
+        mode="update",
+        masks={"conv2d": ACB},
+        coupled_weight_decay=5e-4,
+        name="sgs",
     )
     config = optimizer.get_config()
     assert config["coupled_weight_decay"] == 5e-4
@@ -805,7 +860,9 @@ class ParallelBranches(keras.layers.Layer):
         ]
 
     def call(self, x):
-        return sum(a * conv(x) for conv, (_, a) in zip(self.convs, self.branches))
+        return sum(
+            a * conv(x) for conv, (_, a) in zip(self.convs, self.branches)
+        )
 
     def fused_kernel(self):
         kernel = 0.0

@@ -1,12 +1,9 @@
 """SGSWrapper in real training set-ups: saving and restoring, resuming,
 tf.distribute on two logical CPUs, and mixed precision."""
 
-import os
-
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
 from conftest import tensorflow_only
 
 import keras_sgs
@@ -14,11 +11,15 @@ import keras_sgs
 
 def small_model(dtype=None, batch_norm=True):
     inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(8, 3, padding="same", name="c1", dtype=dtype)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1", dtype=dtype)(
+        inputs
+    )
     if batch_norm:
         x = keras.layers.BatchNormalization(dtype=dtype)(x)
     x = keras.layers.ReLU(dtype=dtype)(x)
-    x = keras.layers.DepthwiseConv2D(5, padding="same", name="dw", dtype=dtype)(x)
+    x = keras.layers.DepthwiseConv2D(5, padding="same", name="dw", dtype=dtype)(
+        x
+    )
     x = keras.layers.GlobalAveragePooling2D(dtype=dtype)(x)
     outputs = keras.layers.Dense(10, dtype=dtype, name="head")(x)
     return keras.Model(inputs, outputs)
@@ -26,7 +27,9 @@ def small_model(dtype=None, batch_norm=True):
 
 def compiled(model, **kwargs):
     model.compile(
-        keras_sgs.SGSWrapper(keras.optimizers.SGD(0.05, momentum=0.9), **kwargs),
+        keras_sgs.SGSWrapper(
+            keras.optimizers.SGD(0.05, momentum=0.9), **kwargs
+        ),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     return model
@@ -81,8 +84,10 @@ def test_keras_file_round_trip(cifar10_train, tmp_path):
     loaded.fit(images[64:96], labels[64:96], verbose=0)
     for a, b in zip(kernels(model), kernels(loaded)):
         np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b),
-            rtol=1e-5, atol=1e-6,
+            keras.ops.convert_to_numpy(a),
+            keras.ops.convert_to_numpy(b),
+            rtol=1e-5,
+            atol=1e-6,
         )
 
 
@@ -146,13 +151,19 @@ def test_backup_and_restore_resumes_masks(cifar10_train, tmp_path):
     model = compiled(small_model())
     with pytest.raises(RuntimeError, match="interrupted"):
         model.fit(
-            images[:32], labels[:32], epochs=4, verbose=0,
+            images[:32],
+            labels[:32],
+            epochs=4,
+            verbose=0,
             callbacks=[keras.callbacks.BackupAndRestore(backup), interrupted],
         )
     resumed = _SetMasksAtEpoch()
     model = compiled(small_model())
     model.fit(
-        images[:32], labels[:32], epochs=4, verbose=0,
+        images[:32],
+        labels[:32],
+        epochs=4,
+        verbose=0,
         callbacks=[keras.callbacks.BackupAndRestore(backup), resumed],
     )
     # Epochs 0 and 1 finished; the run resumes at epoch 2 with the masks
@@ -166,7 +177,9 @@ def test_backup_and_restore_resumes_masks(cifar10_train, tmp_path):
 def test_mixed_float16(cifar10_train):
     images, labels = cifar10_train
     keras.config.set_dtype_policy("mixed_float16")
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([2], [0.1, 0.01])
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+        [2], [0.1, 0.01]
+    )
     inner = keras.optimizers.SGD(schedule)
     model = small_model()
     model.compile(
@@ -206,8 +219,13 @@ def test_mixed_float16_learning_rate_callback(cifar10_train):
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     model.fit(
-        images[:32], labels[:32], epochs=2, verbose=0,
-        callbacks=[keras.callbacks.LearningRateScheduler(lambda e: 0.1 / (e + 1))],
+        images[:32],
+        labels[:32],
+        epochs=2,
+        verbose=0,
+        callbacks=[
+            keras.callbacks.LearningRateScheduler(lambda e: 0.1 / (e + 1))
+        ],
     )
     assert float(inner.learning_rate) == pytest.approx(0.05)
 
@@ -239,8 +257,13 @@ def test_mirrored_strategy_matches_one_device(
             np.testing.assert_array_equal(replica.numpy()[..., 0, 0], masks[0])
         changer = _SetMasksAtEpoch()
         model.fit(
-            images[:64], labels[:64], batch_size=16, epochs=3, shuffle=False,
-            verbose=0, callbacks=[changer],
+            images[:64],
+            labels[:64],
+            batch_size=16,
+            epochs=3,
+            shuffle=False,
+            verbose=0,
+            callbacks=[changer],
         )
         for replica in getattr(mask.value, "values", (mask.value,)):
             np.testing.assert_array_equal(
@@ -260,7 +283,8 @@ def test_update_mode_zero_mask_under_mirrored_strategy(
         model = small_model(batch_norm=False)
         model.compile(
             keras_sgs.SGSWrapper(
-                keras.optimizers.Adam(0.5), mode="update",
+                keras.optimizers.Adam(0.5),
+                mode="update",
                 masks={"c1": [[1, 0, 1], [0, 2, 0], [1, 0, 1]]},
             ),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
