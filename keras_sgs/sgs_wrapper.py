@@ -524,8 +524,11 @@ class SGSWrapper(keras.optimizers.Optimizer):
         kernels = [v for v, _ in scaled]
         old_values = [ops.copy(v) for v in kernels]
         # The decay alone, by the inner optimizer's own rule (Muon decays
-        # conv kernels with `adam_weight_decay`), then the whole step.
-        private.apply_weight_decay(inner, kernels)
+        # conv kernels with `adam_weight_decay`), then the whole step. Only
+        # on kernels it decays: PyTorch's decay fails on an empty list.
+        decaying = [v for v in kernels if private.uses_weight_decay(inner, v)]
+        if decaying:
+            private.apply_weight_decay(inner, decaying)
         decayed_values = [ops.copy(v) for v in kernels]
         self._assign_in_replica_context(kernels, old_values)
         inner.apply(grads, trainable_variables)

@@ -786,6 +786,41 @@ def test_bad_masks_and_variables_at_build_and_set():
         keras_sgs.SGSWrapper(keras.optimizers.SGD()).apply([kernel])
 
 
+# -- Found by Keras's own optimizer tests (test_keras_optimizer_suite.py) --
+
+
+def dense_problem(seed, num_steps):
+    """A model with no conv kernel: the wrapper has nothing to mask."""
+    rng = np.random.default_rng(seed)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    variables = model.trainable_variables
+    steps = [random_grads(variables, rng) for _ in range(num_steps)]
+    return model, variables, values(variables), steps
+
+
+@pytest.mark.parametrize("problem", ["dense", "conv_kernels_excluded"])
+def test_update_mode_with_weight_decay_and_no_decayed_kernel(problem):
+    """sgd_test.py::test_weight_decay failed in update mode on PyTorch,
+    whose decay fails on an empty list of variables."""
+    if problem == "dense":
+        _, variables, start, steps = dense_problem(14, 3)
+        excluded = []
+    else:
+        model, variables, start, steps = random_problem(14, 3)
+        excluded = [v for v in variables if v.path in SCALED]
+
+    def sgd():
+        optimizer = keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=0.1)
+        optimizer.exclude_from_weight_decay(var_list=excluded)
+        return optimizer
+
+    plain = trajectory(sgd(), variables, start, steps)
+    wrapped = trajectory(
+        keras_sgs.SGSWrapper(sgd(), mode="update"), variables, start, steps
+    )
+    _assert_same_values(plain[-1], wrapped[-1])
+
+
 # -- The theorem: SGD on parallel branches == SGS on the fused kernel ------
 
 BRANCHES = [((3, 3), 1.0), ((1, 3), 0.7), ((3, 1), 1.3), ((1, 1), 0.5)]
