@@ -105,6 +105,25 @@ def _as_mask_array(value, name):
     return array
 
 
+def _inner_attribute(name):
+    """A property that reads and sets `inner_optimizer.<name>`.
+
+    `Optimizer.__init__` sets every such attribute before `inner_optimizer`
+    exists: that assignment is ignored, and reading gives None until then.
+    """
+
+    def get(self):
+        inner = self.__dict__.get("inner_optimizer")
+        return None if inner is None else getattr(inner, name)
+
+    def set(self, value):
+        inner = self.__dict__.get("inner_optimizer")
+        if inner is not None:
+            setattr(inner, name, value)
+
+    return property(get, set, doc=f"The inner optimizer's `{name}`.")
+
+
 @keras.saving.register_keras_serializable(package="keras_sgs")
 class SGSWrapper(keras.optimizers.Optimizer):
     """An optimizer that applies spatial gradient scaling to conv kernels.
@@ -182,7 +201,8 @@ class SGSWrapper(keras.optimizers.Optimizer):
     without retracing, they are saved with the optimizer (`.keras`,
     `.weights.h5`, `tf.train.Checkpoint`) and mirrored under
     `tf.distribute`. Learning rate, iterations, loss scaling, weight decay
-    exclusion and EMA finalisation are forwarded to the inner optimizer.
+    exclusion, EMA finalisation and the settings (`clipnorm`, `use_ema`,
+    `weight_decay`, ...) are the inner optimizer's.
     Under `mixed_float16`, Keras wraps this optimizer in a
     `LossScaleOptimizer`, which works.
 
@@ -222,7 +242,9 @@ class SGSWrapper(keras.optimizers.Optimizer):
         coupled_weight_decay: float >= 0 or `None`. Adds
             `coupled_weight_decay * w` to each gradient after the mask, see
             above. Defaults to `None` (no coupled decay).
-        name: String. The name of the optimizer. Defaults to a unique name.
+        name: String. The name of the optimizer. Defaults to the inner
+            optimizer's name, which Keras reports (e.g. TensorBoard's
+            `learning_rate_{name}` for each part of a `MultiOptimizer`).
     """
 
     def __init__(
@@ -239,10 +261,13 @@ class SGSWrapper(keras.optimizers.Optimizer):
                 "SGSWrapper takes no base optimizer arguments; set them on "
                 f"the `inner_optimizer`. Received: {sorted(kwargs)}"
             )
-        super().__init__(learning_rate=0.0, name=name)
         if isinstance(inner_optimizer, (str, dict)):
             inner_optimizer = keras.optimizers.get(inner_optimizer)
         _check_inner_optimizer(inner_optimizer)
+        super().__init__(
+            learning_rate=0.0,
+            name=inner_optimizer.name if name is None else name,
+        )
         if mode not in MODES:
             raise ValueError(
                 f"`mode` must be one of {MODES}. Received: mode={mode!r}"
@@ -287,7 +312,18 @@ class SGSWrapper(keras.optimizers.Optimizer):
         # (Nadam, Adafactor) create variables in `build` that only
         # attribute tracking finds.
         self.inner_optimizer.build(var_list)
-        super().build(var_list)
+        self._build_variable_index(var_list)
+
+    @private.no_automatic_dependency_tracking
+    def _build_variable_index(self, var_list):
+        # What `Optimizer.build` records, without the EMA and gradient
+        # accumulators it would add here: the inner optimizer keeps those
+        # (`use_ema` and `gradient_accumulation_steps` read the inner's).
+        self._trainable_variables_indices = {
+            self._var_key(v): i for i, v in enumerate(var_list)
+        }
+        self._trainable_variables = var_list[:]
+        self.built = True
 
     @private.no_automatic_dependency_tracking
     def _build_masks(self, var_list):
@@ -365,10 +401,12 @@ class SGSWrapper(keras.optimizers.Optimizer):
     def set_weights(self, weights):
         """Assigns `weights`, one array per variable of `variables`."""
         if not self.built:
+            # Keras's words for the same mistake.
             raise ValueError(
-                "This SGSWrapper is not built yet: call "
-                "`optimizer.build(model.trainable_variables)` before "
-                "`set_weights()`."
+                "You are calling `set_weights()` on an optimizer that has "
+                "not yet been built. Please call "
+                "`optimizer.build(trainable_variables)` to create the "
+                "optimizer weights before calling `set_weights()`."
             )
         variables = self.variables
         if len(weights) != len(variables):
@@ -469,8 +507,9 @@ class SGSWrapper(keras.optimizers.Optimizer):
                     "`optimizer.build(trainable_variables)` first."
                 )
             trainable_variables = list(trainable_variables)
-            with keras.name_scope(self.name, caller=self):
-                self.build(trainable_variables)
+            # No name scope of the wrapper's here: the inner optimizer's
+            # variables get the paths they have without the wrapper.
+            self.build(trainable_variables)
         if trainable_variables is None:
             variables = self._trainable_variables
         else:
@@ -487,6 +526,36 @@ class SGSWrapper(keras.optimizers.Optimizer):
             self._apply_masked_update(
                 grads, trainable_variables, variables, masks
             )
+
+    def update_step(self, gradient, variable, learning_rate):
+        """The inner optimizer's `update_step` on one variable, masked.
+
+        As `apply` does for each variable, without clipping, decoupled
+        weight decay or counting the step: in `"gradient"` mode the inner
+        optimizer steps on the masked gradient, in `"update"` mode its step
+        is masked.
+
+        Args:
+            gradient: the gradient of `variable`.
+            variable: a model variable this optimizer was built with.
+            learning_rate: the learning rate of this step.
+        """
+        masks = [self._masks[self._index_of(variable)]]
+        inner = self.inner_optimizer
+        if self.mode == "gradient" or masks[0] is None:
+            (gradient,) = self._add_coupled_decay(
+                apply_masks([gradient], masks), [variable]
+            )
+            inner.update_step(gradient, variable, learning_rate)
+            return
+        (gradient,) = self._add_coupled_decay([gradient], [variable], masks)
+        old = ops.copy(variable)
+        inner.update_step(gradient, variable, learning_rate)
+        value = ops.convert_to_tensor(variable)
+        mask = ops.cast(masks[0], variable.dtype)
+        self.assign(
+            variable, ops.where(mask == 1, value, old + mask * (value - old))
+        )
 
     def _add_coupled_decay(self, grads, variables, masks=None):
         """`grad + wd * w` for the variables the inner optimizer decays;
@@ -526,8 +595,11 @@ class SGSWrapper(keras.optimizers.Optimizer):
         kernels = [v for v, _ in scaled]
         old_values = [ops.copy(v) for v in kernels]
         # The decay alone, by the inner optimizer's own rule (Muon decays
-        # conv kernels with `adam_weight_decay`), then the whole step.
-        private.apply_weight_decay(inner, kernels)
+        # conv kernels with `adam_weight_decay`), then the whole step. Only
+        # on kernels it decays: PyTorch's decay fails on an empty list.
+        decaying = [v for v in kernels if private.uses_weight_decay(inner, v)]
+        if decaying:
+            private.apply_weight_decay(inner, decaying)
         decayed_values = [ops.copy(v) for v in kernels]
         self._assign_in_replica_context(kernels, old_values)
         inner.apply(grads, trainable_variables)
@@ -586,18 +658,21 @@ class SGSWrapper(keras.optimizers.Optimizer):
     def iterations(self):
         return self.inner_optimizer.iterations
 
-    @property
-    def loss_scale_factor(self):
-        inner = self.__dict__.get("inner_optimizer")
-        return None if inner is None else inner.loss_scale_factor
-
-    @loss_scale_factor.setter
-    def loss_scale_factor(self, value):
-        # `Optimizer.__init__` sets this before `inner_optimizer` exists;
-        # `LossScaleOptimizer` sets it to None to avoid double unscaling.
-        inner = self.__dict__.get("inner_optimizer")
-        if inner is not None:
-            inner.loss_scale_factor = value
+    # The inner optimizer's own settings, read and set through the wrapper
+    # (`SwapEMAWeights` looks for `use_ema` on each part of a
+    # `MultiOptimizer`; `LossScaleOptimizer` sets `loss_scale_factor` to
+    # None to avoid double unscaling).
+    weight_decay = _inner_attribute("weight_decay")
+    clipnorm = _inner_attribute("clipnorm")
+    clipvalue = _inner_attribute("clipvalue")
+    global_clipnorm = _inner_attribute("global_clipnorm")
+    use_ema = _inner_attribute("use_ema")
+    ema_momentum = _inner_attribute("ema_momentum")
+    ema_overwrite_frequency = _inner_attribute("ema_overwrite_frequency")
+    loss_scale_factor = _inner_attribute("loss_scale_factor")
+    gradient_accumulation_steps = _inner_attribute(
+        "gradient_accumulation_steps"
+    )
 
     @property
     def _model_variables_moving_average(self):

@@ -841,6 +841,179 @@ def test_bad_masks_and_variables_at_build_and_set():
         keras_sgs.SGSWrapper(keras.optimizers.SGD()).apply([kernel])
 
 
+# -- Found by Keras's own optimizer tests (test_keras_optimizer_suite.py) --
+
+
+def dense_problem(seed, num_steps):
+    """A model with no conv kernel: the wrapper has nothing to mask."""
+    rng = np.random.default_rng(seed)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    variables = model.trainable_variables
+    steps = [random_grads(variables, rng) for _ in range(num_steps)]
+    return model, variables, values(variables), steps
+
+
+@pytest.mark.parametrize("problem", ["dense", "conv_kernels_excluded"])
+def test_update_mode_with_weight_decay_and_no_decayed_kernel(problem):
+    """sgd_test.py::test_weight_decay failed in update mode on PyTorch,
+    whose decay fails on an empty list of variables."""
+    if problem == "dense":
+        _, variables, start, steps = dense_problem(14, 3)
+        excluded = []
+    else:
+        model, variables, start, steps = random_problem(14, 3)
+        excluded = [v for v in variables if v.path in SCALED]
+
+    def sgd():
+        optimizer = keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=0.1)
+        optimizer.exclude_from_weight_decay(var_list=excluded)
+        return optimizer
+
+    plain = trajectory(sgd(), variables, start, steps)
+    wrapped = trajectory(
+        keras_sgs.SGSWrapper(sgd(), mode="update"), variables, start, steps
+    )
+    _assert_same_values(plain[-1], wrapped[-1])
+
+
+def test_name_and_variable_paths_are_the_inner_optimizers():
+    """multi_optimizer_test.py::test_tensorboard_logging_with_multi_optimizer:
+    TensorBoard logs each part of a MultiOptimizer as
+    `learning_rate_{name}`."""
+    _, variables, start, steps = random_problem(15, 1)
+    plain = keras.optimizers.SGD(0.1, momentum=0.9, name="convs")
+    wrapper = keras_sgs.SGSWrapper(
+        keras.optimizers.SGD(0.1, momentum=0.9, name="convs")
+    )
+    assert wrapper.name == "convs"
+    assert keras_sgs.SGSWrapper(plain, name="sgs").name == "sgs"
+    trajectory(plain, variables, start, steps)
+    trajectory(wrapper, variables, start, steps)
+    assert [v.path for v in wrapper.inner_optimizer.variables] == [
+        v.path for v in plain.variables
+    ]
+
+
+SETTINGS = {
+    "weight_decay": 0.1,
+    "clipnorm": 1.0,
+    "use_ema": True,
+    "ema_momentum": 0.5,
+    "ema_overwrite_frequency": 3,
+    "loss_scale_factor": 4.0,
+    "gradient_accumulation_steps": 2,
+}
+
+
+def test_settings_are_the_inner_optimizers():
+    """optimizer_test.py::test_clip_args read `clipnorm` from the wrapper."""
+    inner = keras.optimizers.SGD(0.1, **SETTINGS)
+    wrapper = keras_sgs.SGSWrapper(inner)
+    for name, value in SETTINGS.items():
+        assert getattr(wrapper, name) == value, name
+    wrapper.clipnorm = 2.0
+    assert inner.clipnorm == 2.0
+    for name in ("clipvalue", "global_clipnorm"):
+        inner = keras.optimizers.SGD(0.1, **{name: 0.5})
+        assert getattr(keras_sgs.SGSWrapper(inner), name) == 0.5
+
+
+def test_set_weights_before_build_fails_as_keras_does():
+    """optimizer_test.py::test_set_weights matches Keras's message."""
+    for optimizer in (
+        keras.optimizers.Adam(),
+        keras_sgs.SGSWrapper(keras.optimizers.Adam(), mode="update"),
+    ):
+        with pytest.raises(ValueError, match="You are calling `set_weights"):
+            optimizer.set_weights([])
+
+
+@pytest.mark.parametrize("mode", ["gradient", "update"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+        lambda: keras.optimizers.Muon(0.1),
+    ],
+)
+def test_update_step_is_the_inner_update_step(make, mode):
+    """muon_test.py::test_muon_single_step called `update_step` on the
+    wrapper (Keras's base class raised NotImplementedError)."""
+    _, variables, start, steps = random_problem(16, 2)
+
+    def step_by_step(optimizer):
+        for v, x in zip(variables, start):
+            v.assign(x)
+        optimizer.build(variables)
+        for grads in steps:
+            for g, v in zip(grads, variables):
+                optimizer.update_step(g, v, 0.1)
+        return values(variables)
+
+    _assert_same_values(
+        step_by_step(make()),
+        step_by_step(keras_sgs.SGSWrapper(make(), mode=mode)),
+    )
+
+
+@pytest.mark.parametrize("mode", ["gradient", "update"])
+def test_update_step_masks(mode):
+    model, variables, start, steps = random_problem(17, 1)
+    kernel = model.get_layer("conv2d").kernel
+    optimizer = keras_sgs.SGSWrapper(
+        keras.optimizers.SGD(0.1), mode=mode, masks={"conv2d": ACB}
+    )
+    optimizer.build(variables)
+    grad = steps[0][[v.path for v in variables].index(kernel.path)]
+    before = keras.ops.convert_to_numpy(kernel).copy()
+    optimizer.update_step(grad, kernel, 0.1)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(kernel),
+        before - 0.1 * ACB[..., None, None] * keras.ops.convert_to_numpy(grad),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def test_swap_ema_weights_with_a_multi_optimizer():
+    """multi_optimizer_test.py::test_swap_ema_weights_with_multi_optimizer:
+    `SwapEMAWeights` swaps the averages of each part of a MultiOptimizer
+    with `use_ema`, which an SGSWrapper part must say it has."""
+    rng = np.random.default_rng(18)
+    images = rng.normal(size=(16, 8, 8, 3)).astype("float32")
+    targets = rng.normal(size=(16, 2)).astype("float32")
+
+    def train(wrap):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+        convs = keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.5)
+        if wrap:
+            convs = keras_sgs.SGSWrapper(convs)
+        optimizer = keras.optimizers.MultiOptimizer(
+            keras.optimizers.OptimizerMap(
+                keras.optimizers.SGD(0.1), optimizer_map={"conv/.*": convs}
+            )
+        )
+        model.compile(optimizer, "mse")
+        model.fit(
+            images,
+            targets,
+            batch_size=8,
+            epochs=2,
+            verbose=0,
+            validation_data=(images, targets),
+            callbacks=[keras.callbacks.SwapEMAWeights(swap_on_epoch=True)],
+        )
+        return values(model.weights)
+
+    plain = train(wrap=False)
+    for a, b in zip(plain, train(wrap=True)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 # -- The theorem: SGD on parallel branches == SGS on the fused kernel ------
 
 BRANCHES = [((3, 3), 1.0), ((1, 3), 0.7), ((3, 1), 1.3), ((1, 1), 0.5)]
