@@ -1151,3 +1151,133 @@ def test_theorem_branches_equal_sgs_on_cifar10(cifar10_train, float64):
         error = _train_branched_and_sgs(images, labels, adam, "gradient")
     print("relative difference, Adam:", error)
     assert error > 1e-2, error
+
+
+# -- The theorem per output channel: RepOptimizer's CSLA block --------------
+
+
+class CSLABlock(keras.layers.Layer):
+    """`a * conv3x3(x) + b * conv1x1(x) + s * x`, the scales constant per
+    output channel (RepOptimizer's CSLA block: no BN, nothing trained but
+    the two kernels). `s=None`: no identity branch. `l2`: an L2 penalty on
+    the kernels, i.e. coupled weight decay `2 * l2 * V` in their gradient."""
+
+    def __init__(self, filters, a, b, s=None, l2=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.a, self.b, self.s = a, b, s
+        self.convs = [
+            keras.layers.Conv2D(
+                filters, size, padding="same", use_bias=False,
+                kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
+                dtype=self.dtype,
+            )
+            for size in (3, 1)
+        ]
+
+    def call(self, x):
+        a, b = (
+            keras.ops.convert_to_tensor(t, x.dtype) for t in (self.a, self.b)
+        )
+        y = a * self.convs[0](x) + b * self.convs[1](x)
+        if self.s is None:
+            return y
+        return y + keras.ops.convert_to_tensor(self.s, x.dtype) * x
+
+    def fused_kernel(self):
+        k3, k1 = (keras.ops.convert_to_numpy(c.kernel) for c in self.convs)
+        kernel = self.a * k3
+        kernel[1, 1] += self.b * k1[0, 0]
+        if self.s is not None:
+            kernel[1, 1] += np.diag(self.s)
+        return kernel
+
+
+def _regularized_head(x, l2):
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    x = keras.layers.ReLU(dtype="float64")(x)
+    x = keras.layers.GlobalAveragePooling2D(dtype="float64")(x)
+    return keras.layers.Dense(
+        10, dtype="float64", name="head", kernel_regularizer=regularizer,
+        bias_regularizer=regularizer,
+    )(x)
+
+
+def _train_csla_and_sgs(images, labels, filters, identity, decay, steps=50):
+    """Trains the CSLA block with SGD (momentum 0.9, coupled decay `decay`
+    as an L2 penalty on every variable) and one conv with SGSWrapper, the
+    per-channel mask and `coupled_weight_decay=decay`; returns the relative
+    difference of the fused kernels."""
+    # Keras sums the regularization losses in floatx.
+    keras.config.set_floatx("float64")
+    a = np.linspace(0.5, 1.5, filters)
+    b = np.linspace(1.2, 0.2, filters)
+    s = np.linspace(0.8, 1.2, filters) if identity else None
+    inputs = keras.Input((32, 32, 3), dtype="float64")
+    block = CSLABlock(filters, a, b, s, l2=decay / 2, dtype="float64")
+    branched = keras.Model(inputs, _regularized_head(block(inputs), decay / 2))
+    conv = keras.layers.Conv2D(
+        filters, 3, padding="same", use_bias=False, dtype="float64",
+        name="fused",
+    )
+    fused = keras.Model(inputs, _regularized_head(conv(inputs), 0.0))
+    conv.kernel.assign(block.fused_kernel())
+    for x, y in zip(
+        branched.get_layer("head").weights, fused.get_layer("head").weights
+    ):
+        y.assign(keras.ops.convert_to_numpy(x))
+    mask = keras_sgs.mask_from_channel_branches(
+        (3, 3), [((3, 3), a), ((1, 1), b)]
+    )
+    csla_mask, _ = keras_sgs.csla_conv((3, 3), 3, filters, a, b, identity=s)
+    np.testing.assert_array_equal(mask, csla_mask)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    branched.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss)
+    fused.compile(
+        keras_sgs.SGSWrapper(
+            keras.optimizers.SGD(0.05, momentum=0.9),
+            masks={"fused": mask}, coupled_weight_decay=decay or None,
+        ),
+        loss,
+    )
+    x = images.astype("float64")
+    for step in range(steps):
+        batch = slice(16 * (step % 4), 16 * (step % 4 + 1))
+        branched.train_on_batch(x[batch], labels[batch])
+        fused.train_on_batch(x[batch], labels[batch])
+    assert tuple(fused.optimizer.get_mask(conv.kernel).shape) == (
+        3, 3, 1, filters,
+    )
+    expected = block.fused_kernel()
+    actual = keras.ops.convert_to_numpy(conv.kernel)
+    return np.abs(actual - expected).max() / np.abs(expected).max()
+
+
+def test_theorem_csla_block_equals_per_channel_sgs_on_cifar10(
+    cifar10_train, float64
+):
+    """SGD on `W[..., c] = a_c V3[..., c] + b_c pad(V1)[..., c] + s_c I`
+    equals SGD on `W` with its gradient multiplied by `a_c**2` everywhere
+    and `a_c**2 + b_c**2` at the centre: `grad(V3)[..., c] = a_c *
+    grad(W)[..., c]`, `grad(V1)[..., c] = b_c * centre(grad(W))[..., c]`,
+    and momentum is linear, so the fused momentum buffer follows the
+    masked gradient exactly, with `W` starting at the fused kernel.
+
+    Coupled decay `wd * V` on the branches adds `wd * (W - s I)` to the
+    fused buffer: exactly SGSWrapper's unmasked `wd * W` when there is no
+    identity branch, per-channel scales or not. The constant identity is
+    not a trained parameter and does not decay, while a decay on the fused
+    kernel pulls `s I` towards 0 too (RepOptimizer decays the fused
+    kernel); no decay of `W` alone is exact then. So: the identity block
+    exactly without decay, the block without identity exactly with coupled
+    decay, and identity plus decay measurably apart.
+    """
+    images, labels = cifar10_train
+    error = _train_csla_and_sgs(images, labels, 3, identity=True, decay=0.0)
+    print("relative difference, identity, no decay:", error)
+    assert error <= 1e-5, error
+    error = _train_csla_and_sgs(images, labels, 8, identity=False, decay=5e-4)
+    print("relative difference, no identity, coupled decay:", error)
+    assert error <= 1e-5, error
+    error = _train_csla_and_sgs(images, labels, 3, identity=True, decay=5e-4)
+    print("relative difference, identity, coupled decay:", error)
+    assert error > 1e-4, error
