@@ -915,6 +915,35 @@ def test_set_mask_broadcasts_spatial_values_over_the_channels():
         optimizer.set_mask(kernel, -channels)
 
 
+def test_mi_scaling_callback_broadcasts_its_estimate_over_the_channels(
+    cifar10_train,
+):
+    images, labels = cifar10_train
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    mask, kernel = keras_sgs.csla_conv((3, 3), 3, 8, np.linspace(1, 2, 8), 1.0)
+    model.get_layer("c1").kernel.assign(kernel)
+    model.compile(
+        keras_sgs.SGSWrapper(keras.optimizers.SGD(0.01), masks={"c1": mask}),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    callback = keras_sgs.MIScalingCallback(images[:32], warmup=0)
+    model.fit(images[32:64], labels[32:64], verbose=0, callbacks=[callback])
+    estimate = keras.ops.convert_to_numpy(
+        keras_sgs.dependence_to_scaling(
+            keras_sgs.spatial_dependence(images[:32], (3, 3))
+        )
+    )
+    value = keras.ops.convert_to_numpy(
+        model.optimizer.get_mask(model.get_layer("c1").kernel)
+    )
+    assert value.shape == (3, 3, 1, 8)
+    for c in range(8):
+        np.testing.assert_allclose(value[..., 0, c], estimate, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["gradient", "update"])
 def test_broadcasting_masks_hand_computed_sgd_update(mode):
     rng = np.random.default_rng(7)
