@@ -2,7 +2,9 @@
 
 from keras_sgs import models
 from keras_sgs import reparam
+from keras_sgs.masks import csla_conv
 from keras_sgs.masks import mask_from_branches
+from keras_sgs.masks import mask_from_channel_branches
 from keras_sgs.mi_scaling_callback import MIScalingCallback
 from keras_sgs.mutual_info import dependence_to_scaling
 from keras_sgs.mutual_info import spatial_dependence
@@ -18,8 +20,10 @@ __all__ = [
     "reparam",
     "SGSWrapper",
     "SpatialGradientScaling",
+    "csla_conv",
     "dependence_to_scaling",
     "mask_from_branches",
+    "mask_from_channel_branches",
     "plot_masks",
     "spatial_dependence",
 ]

@@ -5,13 +5,15 @@ import math
 import numpy as np
 from keras import ops
 
+from keras_sgs import masks as masks_lib
 from keras_sgs.mi_scaling_callback import find_sgs_wrapper
 from keras_sgs.mi_scaling_callback import scaled_conv_layers
 
 
 def model_masks(model):
     """Returns `{layer name: mask}` (numpy, the kernel's spatial shape) for
-    every conv layer the model's `SGSWrapper` scales."""
+    every conv layer the model's `SGSWrapper` scales; a mask with channels
+    (e.g. per output channel) gives its mean over the channels."""
     wrapper = find_sgs_wrapper(model.optimizer)
     if wrapper is None or not wrapper.built:
         raise ValueError(
@@ -19,7 +21,9 @@ def model_masks(model):
             f"(train a step first). Received: optimizer={model.optimizer!r}"
         )
     return {
-        layer.name: ops.convert_to_numpy(wrapper.get_mask(kernel))[..., 0, 0]
+        layer.name: masks_lib.spatial_mean(
+            ops.convert_to_numpy(wrapper.get_mask(kernel))
+        )
         for layer, kernel in scaled_conv_layers(model, wrapper)
     }
 
@@ -36,8 +40,9 @@ def plot_masks(masks, path, columns=6):
     ```
 
     Args:
-        masks: a compiled model (its `SGSWrapper`'s masks are drawn) or a
-            dict `{title: 1-D to 3-D array}`.
+        masks: a compiled model (its `SGSWrapper`'s masks are drawn; a
+            mask with channels, e.g. per output channel, shows its mean over
+            the channels) or a dict `{title: 1-D to 3-D array}`.
         path: str. Where to write the PNG.
         columns: int. Heat maps per row. Defaults to 6.
 

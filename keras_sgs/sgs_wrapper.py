@@ -68,9 +68,12 @@ def _inside_traced_function(value):
 
 
 def _initial_masks_from_argument(masks):
-    """Validates the `masks=` argument; returns None, an array or a dict."""
+    """Validates the `masks=` argument; returns None, an array, a dict or
+    a callable."""
     if masks is None:
         return None
+    if callable(masks):
+        return masks
     if isinstance(masks, dict):
         result = {}
         for key, value in masks.items():
@@ -196,8 +199,11 @@ class SGSWrapper(keras.optimizers.Optimizer):
     (the authors clip before both); its decoupled `weight_decay`, if any,
     applies as well.
 
-    Masks are float32 optimizer variables (one per scaled kernel, shape
-    `kernel.shape[:-2] + (1, 1)`): a callback can change them between steps
+    Masks are float32 optimizer variables (one per scaled kernel, of the
+    shape of its initial mask: `kernel.shape[:-2] + (1, 1)` by default,
+    `kernel.shape[:-2] + (1, out)` for RepOptimizer's per-output-channel
+    multipliers, see `csla_conv`, or any shape that broadcasts to the
+    kernel): a callback can change them between steps
     without retracing, they are saved with the optimizer (`.keras`,
     `.weights.h5`, `tf.train.Checkpoint`) and mirrored under
     `tf.distribute`. Learning rate, iterations, loss scaling, weight decay
@@ -234,11 +240,22 @@ class SGSWrapper(keras.optimizers.Optimizer):
         mode: `"gradient"` or `"update"`, see above. Defaults to
             `"gradient"`.
         masks: initial masks. `None` (all ones), one array used for every
-            scaled kernel of that spatial shape (e.g. `(3, 3)`), or a dict
-            from layer name or variable path to an array. Every array may
-            carry a trailing `(1, 1)`. A mask that matches no scaled kernel
-            raises a `ValueError` when the optimizer is built. Defaults to
-            `None`.
+            scaled kernel it fits (e.g. `(3, 3)`), a dict from layer name or
+            variable path to an array, or a function
+            `(layer, kernel_variable) -> array or None` called for each
+            scaled kernel when the optimizer is built (`None`: ones).
+            An array has the kernel's spatial shape, or the kernel's rank
+            and broadcasts to the kernel: `(kh, kw, 1, 1)`, per output
+            channel `(kh, kw, 1, out)` (for transposed convs, whose kernels
+            are `(kh, kw, out, in)`: `(kh, kw, out, 1)`) or the full kernel
+            shape. A mask that matches no scaled kernel, does not broadcast
+            to its kernel, or a function that raises, raises a
+            `ValueError` naming the layer when the optimizer is built.
+            A function is serialized as Keras serializes activations: by
+            name when registered with
+            `keras.saving.register_keras_serializable()` (a plain function
+            cannot be found again at loading), as bytecode for a `lambda`
+            (loading it needs `safe_mode=False`). Defaults to `None`.
         coupled_weight_decay: float >= 0 or `None`. Adds
             `coupled_weight_decay * w` to each gradient after the mask, see
             above. Defaults to `None` (no coupled decay).
@@ -365,7 +382,7 @@ class SGSWrapper(keras.optimizers.Optimizer):
             )
 
     def _unused_mask_keys(self):
-        if self._initial_masks is None:
+        if self._initial_masks is None or callable(self._initial_masks):
             return set()
         if isinstance(self._initial_masks, dict):
             return set(self._initial_masks)
@@ -373,22 +390,33 @@ class SGSWrapper(keras.optimizers.Optimizer):
 
     def _initial_mask(self, variable, layer, unused):
         """The starting value of one kernel's mask; marks what it used."""
-        spatial_shape = tuple(variable.shape[:-2])
+        kernel_shape = tuple(variable.shape)
         initial = self._initial_masks
+        value, name = None, "masks"
         if isinstance(initial, dict):
             for key in (layer.name, variable.path):
                 if key in initial:
                     unused.discard(key)
-                    return masks_lib.validate_mask(
-                        initial[key], spatial_shape, f"masks[{key!r}]"
-                    )
-        elif initial is not None and initial.shape in (
-            spatial_shape,
-            spatial_shape + (1, 1),
+                    value, name = initial[key], f"masks[{key!r}]"
+                    break
+        elif callable(initial):
+            value, name = _call_mask_function(initial, layer, variable)
+        elif initial is not None and (
+            initial.shape == kernel_shape[:-2]
+            or masks_lib.broadcasts_to(initial.shape, kernel_shape)
         ):
             unused.clear()
-            return masks_lib.validate_mask(initial, spatial_shape, "masks")
-        return np.ones(spatial_shape + (1, 1), dtype=np.float32)
+            value = initial
+        if value is None:
+            return np.ones(kernel_shape[:-2] + (1, 1), dtype=np.float32)
+        try:
+            return masks_lib.kernel_mask(value, kernel_shape, name)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"The mask for layer '{layer.name}' (kernel "
+                f"{variable.path} of shape {kernel_shape}) is invalid: "
+                f"{error} (mask shape {np.shape(value)})"
+            ) from None
 
     @property
     def variables(self):
@@ -445,9 +473,10 @@ class SGSWrapper(keras.optimizers.Optimizer):
             variable: a model variable this optimizer was built with.
 
         Returns:
-            The float32 `keras.Variable` of shape
-            `variable.shape[:-2] + (1, 1)` holding the mask, or `None` if
-            the variable is not a scaled conv kernel.
+            The float32 `keras.Variable` holding the mask, or `None` if the
+            variable is not a scaled conv kernel. Its shape is that of the
+            initial mask: `variable.shape[:-2] + (1, 1)` by default, or any
+            shape that broadcasts to the kernel (e.g. per output channel).
         """
         return self._masks[self._index_of(variable)]
 
@@ -459,8 +488,10 @@ class SGSWrapper(keras.optimizers.Optimizer):
 
         Args:
             variable: a scaled conv kernel this optimizer was built with.
-            value: array-like of shape `variable.shape[:-2]` or that shape
-                followed by `(1, 1)`; finite and non-negative.
+            value: array-like of the mask variable's shape (see
+                `get_mask`), or a spatial mask (`variable.shape[:-2]`,
+                optionally followed by `(1, 1)`) that is broadcast to it
+                over the channels; finite and non-negative.
         """
         if _inside_traced_function(value):
             raise RuntimeError(
@@ -476,7 +507,7 @@ class SGSWrapper(keras.optimizers.Optimizer):
                 f"Received: variable={variable.path} with shape "
                 f"{tuple(variable.shape)}"
             )
-        mask.assign(masks_lib.validate_mask(value, tuple(variable.shape[:-2])))
+        mask.assign(masks_lib.mask_value(value, tuple(mask.shape)))
 
     def _index_of(self, variable):
         if not self.built:
@@ -696,7 +727,10 @@ class SGSWrapper(keras.optimizers.Optimizer):
     def get_config(self):
         # Like LossScaleOptimizer: the base arguments live on the inner one.
         initial = self._initial_masks
-        if isinstance(initial, dict):
+        if callable(initial):
+            # As Keras does for activations and `Lambda` layers.
+            initial = keras.saving.serialize_keras_object(initial)
+        elif isinstance(initial, dict):
             initial = {k: v.tolist() for k, v in initial.items()}
         elif initial is not None:
             initial = initial.tolist()
@@ -716,10 +750,37 @@ class SGSWrapper(keras.optimizers.Optimizer):
         inner_optimizer = keras.saving.deserialize_keras_object(
             config.pop("inner_optimizer"), custom_objects=custom_objects
         )
+        if _is_serialized_function(config.get("masks")):
+            config["masks"] = keras.saving.deserialize_keras_object(
+                config["masks"], custom_objects=custom_objects
+            )
         return cls(inner_optimizer, **config)
 
 
 SpatialGradientScaling = SGSWrapper
+
+
+def _call_mask_function(function, layer, variable):
+    """`function(layer, variable)` for `masks=`; a failure names the
+    layer and the kernel. Returns `(value, name for errors)`."""
+    try:
+        value = function(layer, variable)
+    except Exception as error:
+        raise ValueError(
+            f"The `masks` function raised for layer '{layer.name}' (kernel "
+            f"{variable.path} of shape {tuple(variable.shape)}): "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    return value, f"masks({layer.name!r}, {variable.path!r})"
+
+
+def _is_serialized_function(config):
+    """Whether a `masks` config entry is a serialized function or lambda
+    (an array or a dict of arrays otherwise)."""
+    return isinstance(config, dict) and config.get("class_name") in (
+        "function",
+        "__lambda__",
+    )
 
 
 def apply_masks(grads, masks):
@@ -727,8 +788,8 @@ def apply_masks(grads, masks):
 
     Args:
         grads: list of gradient tensors (or `None`).
-        masks: list, aligned with `grads`, of mask tensors of shape
-            `kernel.shape[:-2] + (1, 1)` or `None`.
+        masks: list, aligned with `grads`, of mask tensors that broadcast
+            to their kernel (e.g. `kernel.shape[:-2] + (1, 1)`) or `None`.
 
     Returns:
         The list of masked gradients, each in its own dtype.

@@ -30,3 +30,25 @@ def test_plot_masks_of_a_dict_and_errors(tmp_path):
     model.compile("sgd", "mse")
     with pytest.raises(ValueError, match="SGSWrapper"):
         keras_sgs.plot_masks(model, path)
+
+
+def test_plot_masks_shows_the_spatial_mean_of_channel_masks(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="c1")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, name="dw")(x)
+    model = keras.Model(inputs, x)
+    per_channel = np.ones((3, 3, 1, 4)) * np.array([1.0, 2.0, 3.0, 6.0])
+    full = np.random.default_rng(0).uniform(size=(3, 3, 4, 1))
+    model.compile(
+        keras_sgs.SGSWrapper(
+            keras.optimizers.SGD(), masks={"c1": per_channel, "dw": full}
+        ),
+        "mse",
+    )
+    model.optimizer.build(model.trainable_variables)
+    masks = keras_sgs.plotting.model_masks(model)
+    np.testing.assert_allclose(masks["c1"], np.full((3, 3), 3.0))
+    np.testing.assert_allclose(masks["dw"], full.mean(axis=(2, 3)), rtol=1e-6)
+    path = keras_sgs.plot_masks(model, str(tmp_path / "masks.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"

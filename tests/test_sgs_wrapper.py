@@ -1014,6 +1014,318 @@ def test_swap_ema_weights_with_a_multi_optimizer():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+# -- Masks that broadcast to the kernel: per output channel, full shape -----
+
+
+def _channel_rule(layer, kernel):
+    """A per-layer rule: per output channel for `conv2d`, the full kernel
+    shape for `depthwise`, spatial ones (None) elsewhere."""
+    shape = tuple(kernel.shape)
+    if layer.name == "conv2d":
+        return np.arange(1, shape[-1] + 1, dtype="float32").reshape(
+            (1, 1, 1, -1)
+        ) * np.ones(shape[:-2] + (1, 1))
+    if layer.name == "depthwise":
+        return np.linspace(0.0, 2.0, np.prod(shape)).reshape(shape)
+    return None
+
+
+def test_broadcasting_masks_take_the_shape_of_their_initial_mask():
+    model = mixed_model()
+    variables = model.trainable_variables
+    optimizer = _built(
+        keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1), masks=_channel_rule),
+        variables,
+    )
+    shapes = {
+        v.path: tuple(optimizer.get_mask(v).shape)
+        for v in variables
+        if optimizer.get_mask(v) is not None
+    }
+    assert shapes == {
+        "conv2d/kernel": (3, 3, 1, 4),
+        "depthwise/kernel": (3, 3, 4, 1),
+        "separable/depthwise_kernel": (3, 3, 1, 1),
+        "transpose/kernel": (3, 3, 1, 1),
+        "conv1d/kernel": (3, 1, 1),
+        "conv3d/kernel": (3, 3, 3, 1, 1),
+    }
+    kernel = model.get_layer("conv2d").kernel
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(optimizer.get_mask(kernel))[1, 1, 0],
+        [1, 2, 3, 4],
+    )
+    # By layer name or path, and one array for every kernel it fits.
+    optimizer = _built(
+        keras_sgs.SGSWrapper(
+            keras.optimizers.SGD(0.1),
+            masks={"conv2d": np.ones((3, 3, 3, 4)), "conv1d/kernel": [1, 2, 1]},
+        ),
+        variables,
+    )
+    assert tuple(optimizer.get_mask(kernel).shape) == (3, 3, 3, 4)
+    optimizer = _built(
+        keras_sgs.SGSWrapper(
+            keras.optimizers.SGD(0.1), masks=np.ones((3, 3, 1, 4))
+        ),
+        variables,
+    )
+    assert tuple(optimizer.get_mask(kernel).shape) == (3, 3, 1, 4)
+    transpose = model.get_layer("transpose").kernel
+    assert tuple(optimizer.get_mask(transpose).shape) == (3, 3, 1, 4)
+    depthwise = model.get_layer("depthwise").kernel
+    assert tuple(optimizer.get_mask(depthwise).shape) == (3, 3, 1, 1)
+
+
+def _raising_rule(layer, kernel):
+    if layer.name == "depthwise":
+        raise RuntimeError("no rule for depthwise")
+    return None
+
+
+@pytest.mark.parametrize(
+    "masks, match",
+    [
+        (
+            {"conv2d": np.ones((3, 3, 1, 5))},
+            r"layer 'conv2d'.*\(3, 3, 3, 4\).*mask shape \(3, 3, 1, 5\)",
+        ),
+        (
+            {"conv2d": np.ones((3, 3, 4))},
+            r"layer 'conv2d'.*\(3, 3, 3, 4\).*mask shape \(3, 3, 4\)",
+        ),
+        (
+            lambda layer, kernel: np.ones((2, 2, 1, 1)),
+            r"layer '\w+'.*of shape \(.*\).*mask shape \(2, 2, 1, 1\)",
+        ),
+        (
+            lambda layer, kernel: -np.ones(tuple(kernel.shape[:-2])),
+            r"layer '\w+'.*non-negative",
+        ),
+        (
+            _raising_rule,
+            r"raised for layer 'depthwise'.*\(3, 3, 4, 1\).*RuntimeError: "
+            "no rule for depthwise",
+        ),
+    ],
+)
+def test_masks_that_do_not_fit_their_kernel_fail_at_build(masks, match):
+    model = mixed_model()
+    optimizer = keras_sgs.SGSWrapper(keras.optimizers.SGD(), masks=masks)
+    with pytest.raises(ValueError, match=match):
+        optimizer.build(model.trainable_variables)
+
+
+def test_set_mask_broadcasts_spatial_values_over_the_channels():
+    model = mixed_model()
+    optimizer = _built(
+        keras_sgs.SGSWrapper(keras.optimizers.SGD(), masks=_channel_rule),
+        model.trainable_variables,
+    )
+    kernel = model.get_layer("conv2d").kernel
+    mask = optimizer.get_mask(kernel)
+    spatial = np.arange(9.0).reshape(3, 3)
+    for value in (spatial, spatial.reshape(3, 3, 1, 1)):
+        optimizer.set_mask(kernel, value)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(mask),
+            np.broadcast_to(spatial[..., None, None], (3, 3, 1, 4)),
+        )
+    channels = np.random.default_rng(0).uniform(size=(3, 3, 1, 4))
+    optimizer.set_mask(kernel, channels)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(mask), channels)
+    for bad in (np.ones((3, 3, 3, 4)), np.ones((3, 3, 1, 3)), np.ones(3)):
+        with pytest.raises(
+            ValueError, match=rf"\(3, 3, 1, 4\).*Received.*{bad.shape}"
+        ):
+            optimizer.set_mask(kernel, bad)
+    with pytest.raises(ValueError, match="non-negative"):
+        optimizer.set_mask(kernel, -channels)
+
+
+def test_mi_scaling_callback_broadcasts_its_estimate_over_the_channels(
+    cifar10_train,
+):
+    images, labels = cifar10_train
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    mask, kernel = keras_sgs.csla_conv((3, 3), 3, 8, np.linspace(1, 2, 8), 1.0)
+    model.get_layer("c1").kernel.assign(kernel)
+    model.compile(
+        keras_sgs.SGSWrapper(keras.optimizers.SGD(0.01), masks={"c1": mask}),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    callback = keras_sgs.MIScalingCallback(images[:32], warmup=0)
+    model.fit(images[32:64], labels[32:64], verbose=0, callbacks=[callback])
+    estimate = keras.ops.convert_to_numpy(
+        keras_sgs.dependence_to_scaling(
+            keras_sgs.spatial_dependence(images[:32], (3, 3))
+        )
+    )
+    value = keras.ops.convert_to_numpy(
+        model.optimizer.get_mask(model.get_layer("c1").kernel)
+    )
+    assert value.shape == (3, 3, 1, 8)
+    for c in range(8):
+        np.testing.assert_allclose(value[..., 0, c], estimate, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["gradient", "update"])
+def test_broadcasting_masks_hand_computed_sgd_update(mode):
+    rng = np.random.default_rng(7)
+    model = mixed_model()
+    variables = model.trainable_variables
+    optimizer = _built(
+        keras_sgs.SGSWrapper(
+            keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=0.05),
+            mode=mode,
+            masks=_channel_rule,
+            coupled_weight_decay=0.01,
+        ),
+        variables,
+    )
+    masks = [
+        None if m is None else keras.ops.convert_to_numpy(m).astype("float64")
+        for m in map(optimizer.get_mask, variables)
+    ]
+    start = values(variables)
+    steps = [random_grads(variables, rng) for _ in range(3)]
+    for grads in steps:
+        optimizer.apply(grads, variables)
+    # Keras SGD with decoupled decay on the masked gradient plus the
+    # unmasked coupled decay, in numpy.
+    expected = [x.astype(np.float64) for x in start]
+    moments = [np.zeros_like(x) for x in expected]
+    for grads in steps:
+        for i, (g, mask) in enumerate(zip(grads, masks)):
+            g = keras.ops.convert_to_numpy(g).astype(np.float64)
+            g = g * (1.0 if mask is None else mask) + 0.01 * expected[i]
+            expected[i] = expected[i] - expected[i] * 0.05 * 0.1
+            moments[i] = moments[i] * 0.9 - g * 0.1
+            expected[i] = expected[i] + moments[i]
+    depthwise = model.get_layer("depthwise").kernel
+    index = [v.path for v in variables].index(depthwise.path)
+    frozen = masks[index] == 0
+    assert frozen.sum() == 1
+    if mode == "update":
+        # Where the mask is 0 the update mode takes no step at all, only
+        # the inner optimizer's decoupled decay (see the class docstring).
+        expected[index] = np.where(
+            frozen, start[index] * (1 - 0.05 * 0.1) ** 3, expected[index]
+        )
+    for v, x in zip(variables, expected):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(v),
+            x,
+            rtol=2e-5,
+            atol=2e-6,
+            err_msg=v.path,
+        )
+
+
+def test_update_mode_scales_adam_steps_per_channel():
+    model, variables, start, steps = random_problem(4, 3)
+    plain = [start] + trajectory(
+        keras.optimizers.Adam(0.01), variables, start, steps
+    )
+    optimizer = keras_sgs.SGSWrapper(
+        keras.optimizers.Adam(0.01), mode="update", masks=_channel_rule
+    )
+    trajectory(optimizer, variables, start, steps)
+    for i, v in enumerate(variables):
+        mask = optimizer.get_mask(v)
+        mask = 1.0 if mask is None else keras.ops.convert_to_numpy(mask)
+        expected = start[i] + sum(
+            mask * (after[i] - before[i])
+            for before, after in zip(plain, plain[1:])
+        )
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(v),
+            expected,
+            rtol=1e-4,
+            atol=1e-6,
+            err_msg=v.path,
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_sgs_tests")
+def registered_channel_rule(layer, kernel):
+    return _channel_rule(layer, kernel)
+
+
+def test_serialization_of_broadcasting_masks_and_functions():
+    per_channel = keras_sgs.mask_from_channel_branches(
+        (3, 3), [((3, 3), [1.0, 2.0, 1.0, 0.5]), ((1, 1), 0.5)]
+    )
+    optimizer = keras_sgs.SGSWrapper(
+        keras.optimizers.SGD(), masks={"conv2d": per_channel}
+    )
+    config = optimizer.get_config()
+    assert np.shape(config["masks"]["conv2d"]) == (3, 3, 1, 4)
+    assert keras_sgs.SGSWrapper.from_config(config).get_config() == config
+    # A registered function round-trips by name, as Keras activations do.
+    optimizer = keras_sgs.SGSWrapper(
+        keras.optimizers.SGD(), masks=registered_channel_rule
+    )
+    restored = keras.optimizers.deserialize(
+        keras.optimizers.serialize(optimizer)
+    )
+    assert restored._initial_masks is registered_channel_rule
+    # A lambda is stored as bytecode and needs safe_mode=False.
+    optimizer = keras_sgs.SGSWrapper(
+        keras.optimizers.SGD(), masks=lambda layer, kernel: None
+    )
+    with pytest.warns(UserWarning, match="lambda"):
+        config = keras.optimizers.serialize(optimizer)
+    with pytest.raises(ValueError, match="safe_mode"):
+        keras.optimizers.deserialize(config)
+    restored = keras.saving.deserialize_keras_object(config, safe_mode=False)
+    assert callable(restored._initial_masks)
+
+
+def test_keras_file_round_trip_keeps_per_channel_masks(tmp_path):
+    rng = np.random.default_rng(3)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
+    mask, kernel = keras_sgs.csla_conv((3, 3), 3, 4, [1, 2, 3, 4], 0.5, seed=0)
+    model.get_layer("conv").kernel.assign(kernel)
+    model.compile(
+        keras_sgs.SGSWrapper(
+            keras.optimizers.SGD(0.1, momentum=0.9),
+            masks={"conv": mask, "dw": np.ones((3, 3, 4, 1))},
+        ),
+        "mse",
+    )
+    x = rng.normal(size=(8, 8, 8, 3)).astype("float32")
+    y = rng.normal(size=(8, 2)).astype("float32")
+    model.fit(x, y, verbose=0)
+    conv, dw = model.get_layer("conv").kernel, model.get_layer("dw").kernel
+    model.optimizer.set_mask(dw, rng.uniform(size=(3, 3, 4, 1)))
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    for name, kernel in [("conv", conv), ("dw", dw)]:
+        mask = loaded.optimizer.get_mask(loaded.get_layer(name).kernel)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(mask),
+            keras.ops.convert_to_numpy(model.optimizer.get_mask(kernel)),
+        )
+    assert tuple(mask.shape) == (3, 3, 4, 1)
+    model.fit(x, y, verbose=0)
+    loaded.fit(x, y, verbose=0)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded.get_layer("conv").kernel),
+        keras.ops.convert_to_numpy(conv),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
 # -- The theorem: SGD on parallel branches == SGS on the fused kernel ------
 
 BRANCHES = [((3, 3), 1.0), ((1, 3), 0.7), ((3, 1), 1.3), ((1, 1), 0.5)]
@@ -1108,3 +1420,147 @@ def test_theorem_branches_equal_sgs_on_cifar10(cifar10_train, float64):
         error = _train_branched_and_sgs(images, labels, adam, "gradient")
     print("relative difference, Adam:", error)
     assert error > 1e-2, error
+
+
+# -- The theorem per output channel: RepOptimizer's CSLA block --------------
+
+
+class CSLABlock(keras.layers.Layer):
+    """`a * conv3x3(x) + b * conv1x1(x) + s * x`, the scales constant per
+    output channel (RepOptimizer's CSLA block: no BN, nothing trained but
+    the two kernels). `s=None`: no identity branch. `l2`: an L2 penalty on
+    the kernels, i.e. coupled weight decay `2 * l2 * V` in their gradient."""
+
+    def __init__(self, filters, a, b, s=None, l2=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.a, self.b, self.s = a, b, s
+        self.convs = [
+            keras.layers.Conv2D(
+                filters,
+                size,
+                padding="same",
+                use_bias=False,
+                kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
+                dtype=self.dtype,
+            )
+            for size in (3, 1)
+        ]
+
+    def call(self, x):
+        a, b = (
+            keras.ops.convert_to_tensor(t, x.dtype) for t in (self.a, self.b)
+        )
+        y = a * self.convs[0](x) + b * self.convs[1](x)
+        if self.s is None:
+            return y
+        return y + keras.ops.convert_to_tensor(self.s, x.dtype) * x
+
+    def fused_kernel(self):
+        k3, k1 = (keras.ops.convert_to_numpy(c.kernel) for c in self.convs)
+        kernel = self.a * k3
+        kernel[1, 1] += self.b * k1[0, 0]
+        if self.s is not None:
+            kernel[1, 1] += np.diag(self.s)
+        return kernel
+
+
+def _regularized_head(x, l2):
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    x = keras.layers.ReLU(dtype="float64")(x)
+    x = keras.layers.GlobalAveragePooling2D(dtype="float64")(x)
+    return keras.layers.Dense(
+        10,
+        dtype="float64",
+        name="head",
+        kernel_regularizer=regularizer,
+        bias_regularizer=regularizer,
+    )(x)
+
+
+def _train_csla_and_sgs(images, labels, filters, identity, decay, steps=50):
+    """Trains the CSLA block with SGD (momentum 0.9, coupled decay `decay`
+    as an L2 penalty on every variable) and one conv with SGSWrapper, the
+    per-channel mask and `coupled_weight_decay=decay`; returns the relative
+    difference of the fused kernels."""
+    # Keras sums the regularization losses in floatx.
+    keras.config.set_floatx("float64")
+    a = np.linspace(0.5, 1.5, filters)
+    b = np.linspace(1.2, 0.2, filters)
+    s = np.linspace(0.8, 1.2, filters) if identity else None
+    inputs = keras.Input((32, 32, 3), dtype="float64")
+    block = CSLABlock(filters, a, b, s, l2=decay / 2, dtype="float64")
+    branched = keras.Model(inputs, _regularized_head(block(inputs), decay / 2))
+    conv = keras.layers.Conv2D(
+        filters,
+        3,
+        padding="same",
+        use_bias=False,
+        dtype="float64",
+        name="fused",
+    )
+    fused = keras.Model(inputs, _regularized_head(conv(inputs), 0.0))
+    conv.kernel.assign(block.fused_kernel())
+    for x, y in zip(
+        branched.get_layer("head").weights, fused.get_layer("head").weights
+    ):
+        y.assign(keras.ops.convert_to_numpy(x))
+    mask = keras_sgs.mask_from_channel_branches(
+        (3, 3), [((3, 3), a), ((1, 1), b)]
+    )
+    csla_mask, _ = keras_sgs.csla_conv((3, 3), 3, filters, a, b, identity=s)
+    np.testing.assert_array_equal(mask, csla_mask)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    branched.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss)
+    fused.compile(
+        keras_sgs.SGSWrapper(
+            keras.optimizers.SGD(0.05, momentum=0.9),
+            masks={"fused": mask},
+            coupled_weight_decay=decay or None,
+        ),
+        loss,
+    )
+    x = images.astype("float64")
+    for step in range(steps):
+        batch = slice(16 * (step % 4), 16 * (step % 4 + 1))
+        branched.train_on_batch(x[batch], labels[batch])
+        fused.train_on_batch(x[batch], labels[batch])
+    assert tuple(fused.optimizer.get_mask(conv.kernel).shape) == (
+        3,
+        3,
+        1,
+        filters,
+    )
+    expected = block.fused_kernel()
+    actual = keras.ops.convert_to_numpy(conv.kernel)
+    return np.abs(actual - expected).max() / np.abs(expected).max()
+
+
+def test_theorem_csla_block_equals_per_channel_sgs_on_cifar10(
+    cifar10_train, float64
+):
+    """SGD on `W[..., c] = a_c V3[..., c] + b_c pad(V1)[..., c] + s_c I`
+    equals SGD on `W` with its gradient multiplied by `a_c**2` everywhere
+    and `a_c**2 + b_c**2` at the centre: `grad(V3)[..., c] = a_c *
+    grad(W)[..., c]`, `grad(V1)[..., c] = b_c * centre(grad(W))[..., c]`,
+    and momentum is linear, so the fused momentum buffer follows the
+    masked gradient exactly, with `W` starting at the fused kernel.
+
+    Coupled decay `wd * V` on the branches adds `wd * (W - s I)` to the
+    fused buffer: exactly SGSWrapper's unmasked `wd * W` when there is no
+    identity branch, per-channel scales or not. The constant identity is
+    not a trained parameter and does not decay, while a decay on the fused
+    kernel pulls `s I` towards 0 too (RepOptimizer decays the fused
+    kernel); no decay of `W` alone is exact then. So: the identity block
+    exactly without decay, the block without identity exactly with coupled
+    decay, and identity plus decay measurably apart.
+    """
+    images, labels = cifar10_train
+    error = _train_csla_and_sgs(images, labels, 3, identity=True, decay=0.0)
+    print("relative difference, identity, no decay:", error)
+    assert error <= 1e-5, error
+    error = _train_csla_and_sgs(images, labels, 8, identity=False, decay=5e-4)
+    print("relative difference, no identity, coupled decay:", error)
+    assert error <= 1e-5, error
+    error = _train_csla_and_sgs(images, labels, 3, identity=True, decay=5e-4)
+    print("relative difference, identity, coupled decay:", error)
+    assert error > 1e-4, error
