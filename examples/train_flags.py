@@ -3,8 +3,8 @@ define a run (a restart must not change those)."""
 
 from absl import flags
 
-METHODS = ("baseline", "sgs_mi", "sgs_constant", "acb", "repvgg")
-SGS_METHODS = ("sgs_mi", "sgs_constant")
+METHODS = ("baseline", "sgs_mi", "sgs_constant", "repopt", "acb", "repvgg")
+SGS_METHODS = ("sgs_mi", "sgs_constant", "repopt")
 CONV_TYPES = {"acb": "acb", "repvgg": "repvgg"}  # other methods: "plain"
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 # The flags that define a run: what it trains, on what, with which recipe.
@@ -32,6 +32,9 @@ DEFINING_FLAGS = (
     "refresh_batches",
     "mi_k",
     "diagonal_removal",
+    "repopt_scale_3x3",
+    "repopt_scale_1x1",
+    "repopt_scales_file",
 )
 
 
@@ -62,8 +65,12 @@ def define_flags(
         METHODS,
         "baseline: plain convs, SGD. sgs_mi: SGSWrapper(SGD) with masks "
         "learned by MIScalingCallback. sgs_constant: SGSWrapper(SGD) with "
-        "ACNet's fixed 3x3+1x3+3x1 mask. acb / repvgg: branched convs "
-        "(keras_sgs.reparam), SGD; also evaluated after fusion.",
+        "ACNet's fixed 3x3+1x3+3x1 mask. repopt: RepOptimizer (Ding et al., "
+        "ICLR 2023) with constant scales: every 3x3 conv starts at a CSLA "
+        "block's fused kernel (3x3 + 1x1 + identity) and trains with its "
+        "per-output-channel gradient multiplier (keras_sgs.csla_conv). "
+        "acb / repvgg: branched convs (keras_sgs.reparam), SGD; also "
+        "evaluated after fusion.",
     )
     flags.DEFINE_integer("epochs", epochs, "Training epochs.", lower_bound=1)
     flags.DEFINE_integer(
@@ -157,6 +164,23 @@ def define_flags(
         "diagonal_removal",
         diagonal_removal,
         "SGS-MI: drop zero pairs and the histogram diagonal.",
+    )
+    flags.DEFINE_float(
+        "repopt_scale_3x3",
+        1.0,
+        "repopt: the constant scale of every 3x3 branch (all channels).",
+    )
+    flags.DEFINE_float(
+        "repopt_scale_1x1",
+        1.0,
+        "repopt: the constant scale of every 1x1 branch (all channels).",
+    )
+    flags.DEFINE_string(
+        "repopt_scales_file",
+        None,
+        'repopt: a JSON file {conv layer name: {"scale_3x3": number or '
+        'one per output channel, "scale_1x1": ...}} overriding the two '
+        "constant scales per layer.",
     )
     flags.DEFINE_integer(
         "stop_after_epoch",

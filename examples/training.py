@@ -24,6 +24,7 @@ after the SGS mask and goes through momentum. For `baseline`, `acb` and
 decay.
 """
 
+import json
 import os
 import pathlib
 import statistics
@@ -80,9 +81,54 @@ def make_optimizer(
     masks = None
     if config.method == "sgs_constant":
         masks = keras_sgs.mask_from_branches((3, 3), ACB_BRANCHES)
+    if config.method == "repopt":
+        masks = repopt_masks(model, config)
     return keras_sgs.SGSWrapper(
         sgd, masks=masks, coupled_weight_decay=config.weight_decay or None
     )
+
+
+def repopt_masks(model, config):
+    """RepOptimizer with constant scales: starts every 3x3 `Conv2D` of
+    `model` at the fused kernel of a CSLA block (3x3 + 1x1 + identity when
+    the channels match, `keras_sgs.csla_conv`) and returns `{layer name:
+    its per-output-channel gradient multiplier}`.
+
+    The scales are `--repopt_scale_3x3` / `--repopt_scale_1x1`, or a
+    layer's entry in `--repopt_scales_file`.
+    """
+    per_layer = {}
+    if config.repopt_scales_file:
+        with open(config.repopt_scales_file) as f:
+            per_layer = json.load(f)
+    masks = {}
+    convs = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if type(layer) is keras.layers.Conv2D
+        and tuple(layer.kernel_size) == (3, 3)
+    ]
+    for index, layer in enumerate(convs):
+        scales = per_layer.get(layer.name, {})
+        in_channels, out_channels = layer.kernel.shape[-2:]
+        mask, kernel = keras_sgs.csla_conv(
+            (3, 3),
+            in_channels,
+            out_channels,
+            scales.get("scale_3x3", config.repopt_scale_3x3),
+            scales.get("scale_1x1", config.repopt_scale_1x1),
+            seed=config.seed + 2 * index,
+        )
+        layer.kernel.assign(kernel)
+        masks[layer.name] = mask
+    unknown = sorted(set(per_layer) - set(masks))
+    if unknown:
+        raise ValueError(
+            f"--repopt_scales_file={config.repopt_scales_file} names layers "
+            f"that are not 3x3 convs of the model: {unknown}; they are "
+            f"{sorted(masks)}."
+        )
+    return masks
 
 
 def compile_model(model, optimizer=None):

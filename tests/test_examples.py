@@ -77,7 +77,7 @@ def check_outputs(output_dir, method, epochs=2, weight_decay=5e-4):
     optimizer = keras.saving.load_model(output_dir / "model.keras").optimizer
     assert optimizer.coupled_weight_decay == weight_decay
     assert (output_dir / "masks.png").exists() == (
-        method in ("sgs_mi", "sgs_constant")
+        method in ("sgs_mi", "sgs_constant", "repopt")
     )
     return results
 
@@ -141,6 +141,48 @@ def test_train_cifar_methods(method, tmp_path):
             np.testing.assert_array_equal(mask, acb)
     else:
         check_fused(results)
+
+
+def test_train_cifar_repopt(tmp_path):
+    """RepOptimizer with constant scales: a per-output-channel CSLA
+    multiplier on every 3x3 conv, one layer's scales from a file."""
+    scales = tmp_path / "scales.json"
+    scales.write_text(json.dumps({"conv3_conv": {"scale_3x3": 2.0}}))
+    out = tmp_path / "run"
+    flags = ["--method=repopt", *TINY, "--repopt_scale_1x1=0.5"]
+    run_script(
+        "train_cifar.py",
+        *flags,
+        f"--repopt_scales_file={scales}",
+        f"--output_dir={out}",
+    )
+    check_outputs(out, "repopt")
+    model = keras.saving.load_model(out / "model.keras")
+    convs = [
+        layer for layer in model.layers if type(layer) is keras.layers.Conv2D
+    ]
+    assert len(convs) == 8  # VGG-11's 3x3 convs
+    for layer in convs:
+        mask = model.optimizer.get_mask(layer.kernel)
+        mask = keras.ops.convert_to_numpy(mask)
+        assert mask.shape == (3, 3, 1, layer.kernel.shape[-1])
+        expected = np.full((3, 3), 4.0 if layer.name == "conv3_conv" else 1.0)
+        expected[1, 1] += 0.5**2
+        np.testing.assert_allclose(
+            mask, np.broadcast_to(expected[..., None, None], mask.shape)
+        )
+
+    scales.write_text(json.dumps({"conv3": {"scale_3x3": 2.0}}))
+    output = run_script(
+        "train_cifar.py",
+        *flags,
+        f"--repopt_scales_file={scales}",
+        f"--output_dir={tmp_path / 'other'}",
+        expect_returncode=1,
+    )
+    assert "names layers that are not 3x3 convs of the model: ['conv3']" in (
+        output
+    )
 
 
 def test_train_cifar_resumes_after_a_kill(tmp_path):
