@@ -134,42 +134,6 @@ def mask_from_branches(kernel_size, branches, normalize=False):
     return mask.astype(np.float32)
 
 
-def validate_mask(value, spatial_shape, name="value"):
-    """Checks a mask value and returns it as float32 of shape `+ (1, 1)`.
-
-    Accepts the kernel's spatial shape or that shape followed by `(1, 1)`.
-    Values must be finite and non-negative (a negative entry would reverse
-    the gradient at that position).
-
-    Args:
-        value: array-like. The mask.
-        spatial_shape: tuple of ints. `kernel.shape[:-2]`.
-        name: str. The argument name used in error messages.
-
-    Returns:
-        A float32 numpy array of shape `spatial_shape + (1, 1)`.
-    """
-    spatial_shape = tuple(spatial_shape)
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"`{name}` must be an array of numbers. Received: {name}={value!r}"
-        ) from None
-    if array.shape not in (spatial_shape, spatial_shape + (1, 1)):
-        raise ValueError(
-            f"`{name}` must have shape {spatial_shape} or "
-            f"{spatial_shape + (1, 1)} (the kernel's spatial shape). "
-            f"Received: {name} with shape {array.shape}"
-        )
-    if not np.all(np.isfinite(array)) or np.any(array < 0):
-        raise ValueError(
-            f"`{name}` must be finite and non-negative. Received: "
-            f"{name}={array.reshape(spatial_shape).tolist()}"
-        )
-    return array.reshape(spatial_shape + (1, 1))
-
-
 def _channel_scales(name, value):
     """`value` as a finite float64 array of shape `()` or `(channels,)`."""
     try:

@@ -10,7 +10,6 @@ from keras_sgs.masks import fuse_csla_kernels
 from keras_sgs.masks import kernel_mask
 from keras_sgs.masks import mask_value
 from keras_sgs.masks import spatial_mean
-from keras_sgs.masks import validate_mask
 
 
 def _reference_mask(size, branches):
@@ -92,20 +91,19 @@ def test_branches_not_a_list():
         mask_from_branches((3, 3), 1.0)
 
 
-def test_validate_mask():
-    out = validate_mask(np.ones((3, 3)), (3, 3))
+def test_mask_value_of_a_spatial_mask():
+    out = mask_value(np.ones((3, 3)), (3, 3, 1, 1))
     assert out.shape == (3, 3, 1, 1) and out.dtype == np.float32
-    assert validate_mask(np.ones((3, 3, 1, 1)), (3, 3)).shape == (3, 3, 1, 1)
     with pytest.raises(
-        ValueError, match=r"shape \(3, 3\) or \(3, 3, 1, 1\).*\(3,\)"
+        ValueError, match=r"shape \(3, 3, 1, 1\) or its spatial.*\(3,\)"
     ):
-        validate_mask(np.ones(3), (3, 3))
+        mask_value(np.ones(3), (3, 3, 1, 1))
     with pytest.raises(ValueError, match="non-negative"):
-        validate_mask(-np.ones((3, 3)), (3, 3))
+        mask_value(-np.ones((3, 3)), (3, 3, 1, 1))
     with pytest.raises(ValueError, match="finite"):
-        validate_mask(np.full((3, 3), np.inf), (3, 3))
+        mask_value(np.full((3, 3), np.inf), (3, 3, 1, 1))
     with pytest.raises(TypeError, match="array of numbers"):
-        validate_mask("ones", (3, 3))
+        mask_value("ones", (3, 3, 1, 1))
 
 
 # -- Per-output-channel masks (RepOptimizer) -------------------------------
