@@ -233,16 +233,19 @@ def measure_application(name, data, count, repeats, weights, load):
     layers = [layer for layer, _ in callback._targets]
     if load:
         with np.load(weights + ".maps.npz") as saved:
-            maps = [saved[f"arr_{i}"] for i in range(len(layers))]
-        same_maps = {
-            layer.name: callback._estimate(layer, fmap)
-            for layer, fmap in zip(layers, maps)
-        }
+            same_maps = {
+                layer.name: callback._estimate(layer, saved[layer.name])
+                for layer in layers
+                if layer.name in saved
+            }
     else:
         maps = callback._capture(images)
         np.savez(
             weights + ".maps.npz",
-            *[keras.ops.convert_to_numpy(m) for m in maps],
+            **{
+                layer.name: keras.ops.convert_to_numpy(fmap)
+                for layer, fmap in zip(layers, maps)
+            },
         )
         same_maps = masks
     return dict(
