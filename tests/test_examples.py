@@ -242,17 +242,17 @@ def test_train_cifar_mirrored_and_mixed_precision(
         check_fused(results)
 
 
-def write_jpeg_records(path, images, labels):
-    """TFRecords in the ImageNet format, JPEG images."""
+def write_image_records(path, images, labels, encode="jpeg"):
+    """TFRecords in the ImageNet format (`image/encoded`,
+    `image/class/label`), JPEG or PNG images."""
     import tensorflow as tf
 
+    encode = {"jpeg": tf.io.encode_jpeg, "png": tf.io.encode_png}[encode]
     with tf.io.TFRecordWriter(str(path)) as writer:
         for image, label in zip(images, labels):
             feature = {
                 "image/encoded": tf.train.Feature(
-                    bytes_list=tf.train.BytesList(
-                        value=[tf.io.encode_jpeg(image).numpy()]
-                    )
+                    bytes_list=tf.train.BytesList(value=[encode(image).numpy()])
                 ),
                 "image/class/label": tf.train.Feature(
                     int64_list=tf.train.Int64List(value=[int(label)])
@@ -275,8 +275,8 @@ def test_train_imagenet_on_two_cpus(tmp_path):
     )
     # Not square, so that the crops have work to do.
     images = tf.cast(tf.image.resize(images, (64, 80)), tf.uint8).numpy()
-    write_jpeg_records(tmp_path / "train.tfrecord", images[:32], labels[:32])
-    write_jpeg_records(tmp_path / "test.tfrecord", images[32:], labels[32:])
+    write_image_records(tmp_path / "train.tfrecord", images[:32], labels[:32])
+    write_image_records(tmp_path / "test.tfrecord", images[32:], labels[32:])
     output_dir = tmp_path / "out"
     run_script(
         "train_imagenet.py",
@@ -430,29 +430,6 @@ def test_unreadable_backup_names_the_folder(tmp_path):
 # -- data checked before training ----------------------------------------
 
 
-def write_png_records(path, images, labels):
-    """TFRecords in the CIFAR format, PNG images."""
-    import tensorflow as tf
-
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for image, label in zip(images, labels):
-            feature = {
-                "image/encoded": tf.train.Feature(
-                    bytes_list=tf.train.BytesList(
-                        value=[tf.io.encode_png(image).numpy()]
-                    )
-                ),
-                "image/class/label": tf.train.Feature(
-                    int64_list=tf.train.Int64List(value=[int(label)])
-                ),
-            }
-            writer.write(
-                tf.train.Example(
-                    features=tf.train.Features(feature=feature)
-                ).SerializeToString()
-            )
-
-
 @pytest.fixture
 def sample_images():
     from keras_sgs.tfrecords import read_image_records
@@ -469,7 +446,7 @@ def bad_data_output(tmp_path, train, test, *flags):
         if isinstance(data, bytes):
             paths[-1].write_bytes(data)
         else:
-            write_png_records(paths[-1], *data)
+            write_image_records(paths[-1], *data, encode="png")
     output = run_script(
         "train_cifar.py",
         f"--data={paths[0]}",
