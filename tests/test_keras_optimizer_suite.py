@@ -44,15 +44,14 @@ MODES = ("gradient", "update")
 MIN_WRAPPED_AND_PASSED = {"gradient": 130, "update": 110}
 
 
-def run_keras_tests(mode, directory):
-    """Runs the Keras test files with the plugin; returns its report,
-    `{node id: {"outcome", "message", "wrappers"}}`."""
-    report = directory / f"report_{mode}.json"
+def start_keras_tests(mode, directory):
+    """Starts the Keras test files with the plugin in a subprocess;
+    returns `(process, directory)`."""
     env = dict(
         os.environ,
         KERAS_BACKEND=BACKEND,
         KERAS_SGS_SUITE_MODE=mode,
-        KERAS_SGS_SUITE_REPORT=str(report),
+        KERAS_SGS_SUITE_REPORT=str(directory / "report.json"),
         PYTHONPATH=os.pathsep.join(
             [str(TESTS_DIR), str(TESTS_DIR.parent)]
             + os.environ.get("PYTHONPATH", "").split(os.pathsep)
@@ -72,33 +71,43 @@ def run_keras_tests(mode, directory):
         "-p",
         "keras_suite_plugin",
     ] + [str(KERAS_SRC / f) for f in KERAS_TEST_FILES]
-    process = subprocess.run(
-        command,
-        cwd=directory,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    output = (process.stdout + process.stderr)[-5000:]
+    with open(directory / "log.txt", "w") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=directory,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return process, directory
+
+
+def keras_report(process, directory):
+    """Waits for a run of `start_keras_tests`; returns its report,
+    `{node id: {"outcome", "message", "wrappers"}}`."""
+    try:
+        process.wait(timeout=900)
+    finally:
+        process.kill()  # does nothing to a process that has exited
+    output = (directory / "log.txt").read_text()[-5000:]
     # 0: all passed, 1: some failed (reported per file below).
     assert process.returncode in (0, 1), output
+    report = directory / "report.json"
     assert report.exists(), output
     return json.loads(report.read_text())
 
 
 @pytest.fixture(scope="module")
 def keras_results(tmp_path_factory):
-    """`keras_results(mode)`: the report of that mode's run (run once)."""
-    results = {}
-
-    def get(mode):
-        if mode not in results:
-            directory = tmp_path_factory.mktemp(f"keras_suite_{mode}")
-            results[mode] = run_keras_tests(mode, directory)
-        return results[mode]
-
-    return get
+    """`{mode: report}`, both modes run at once (each keeps about one core
+    busy)."""
+    runs = {
+        mode: start_keras_tests(
+            mode, tmp_path_factory.mktemp(f"keras_suite_{mode}")
+        )
+        for mode in MODES
+    }
+    return {mode: keras_report(*run) for mode, run in runs.items()}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -108,7 +117,7 @@ def test_keras_tests_pass_with_wrapped_optimizers(
 ):
     results = {
         nodeid: result
-        for nodeid, result in keras_results(mode).items()
+        for nodeid, result in keras_results[mode].items()
         if nodeid.split("::")[0] == test_file
     }
     assert results, f"no test of keras/src/{test_file} ran"
@@ -126,7 +135,7 @@ def test_keras_tests_pass_with_wrapped_optimizers(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_enough_keras_tests_built_a_wrapper_and_passed(mode, keras_results):
-    results = keras_results(mode)
+    results = keras_results[mode]
     passed = [
         nodeid
         for nodeid, result in results.items()
@@ -145,7 +154,7 @@ def test_enough_keras_tests_built_a_wrapper_and_passed(mode, keras_results):
 
 
 def test_every_expected_difference_matches_a_keras_test(keras_results):
-    results = keras_results("gradient")
+    results = keras_results["gradient"]
     stale = [
         pattern
         for pattern in EXPECTED_DIFFERENCES
