@@ -149,9 +149,8 @@ def spatial_dependence(
         raise ValueError(f"`k` must be a positive number. Received: k={k!r}")
     # Histograms have no gradient; a PyTorch map may require one.
     feature_map = ops.stop_gradient(ops.convert_to_tensor(feature_map))
-    plan = pair_plan(shape, kernel_size, padding, dilation_rate)
-    estimate = _compiled_chunk_dependence(
-        (plan.chunk,) + shape[1:-1] + shape[:1],
+    split, estimate, join = _map_steps(
+        shape,
         str(feature_map.dtype),
         kernel_size,
         padding,
@@ -159,19 +158,7 @@ def spatial_dependence(
         float(k),
         bool(diagonal_removal),
     )
-    # Batch innermost: long, contiguous runs for every map size.
-    channels_first = ops.transpose(
-        feature_map, (rank + 1, *range(1, rank + 1), 0)
-    )
-    per_chunk, done = [], 0
-    for start in plan.chunk_starts:
-        d = estimate(channels_first[start : start + plan.chunk])
-        per_chunk.append(d[:, done - start :])  # the last chunk overlaps
-        done = start + plan.chunk
-    mean = mean_over_channels(ops.concatenate(per_chunk, axis=1))
-    return ops.take(
-        ops.concatenate([mean, ops.ones((1,))]), plan.window_displacement
-    )
+    return join([estimate(chunk) for chunk in split(feature_map)])
 
 
 def dependence_to_scaling(dependence):
@@ -602,6 +589,62 @@ def _compiled_chunk_dependence(
 
         return jax.jit(estimate)
     return estimate
+
+
+@functools.lru_cache(maxsize=256)
+def _map_steps(
+    shape, dtype, kernel_size, padding, dilation_rate, k, diagonal_removal
+):
+    """`(split, estimate, join)` for a map of `shape`: `split` yields the map
+    in chunks of channels `(chunk, *spatial, batch)`, `estimate` gives a
+    chunk's `D` per displacement (`_compiled_chunk_dependence`), `join`
+    takes the mean over the channels and lays it out in the kernel's shape.
+
+    On JAX, where every eager op compiles once per shape, `join` is
+    compiled: its dozen small ops, compiled one by one, took as long as
+    the estimator on a network's first refresh. (`split` is not: with many
+    chunks, compiling its many outputs costs more than its two ops.)
+    """
+    plan = pair_plan(shape, kernel_size, padding, dilation_rate)
+    rank = len(shape) - 2
+    estimate = _compiled_chunk_dependence(
+        (plan.chunk,) + shape[1:-1] + shape[:1],
+        dtype,
+        kernel_size,
+        padding,
+        dilation_rate,
+        k,
+        diagonal_removal,
+    )
+
+    def split(feature_map):
+        # Batch innermost: long, contiguous runs for every map size.
+        channels_first = ops.transpose(
+            feature_map, (rank + 1, *range(1, rank + 1), 0)
+        )
+        # One at a time (a generator): a slice is a copy.
+        return (
+            channels_first[start : start + plan.chunk]
+            for start in plan.chunk_starts
+        )
+
+    # The last chunk may overlap the one before: its first `skip`
+    # channels are estimated already.
+    starts = plan.chunk_starts
+    skips = np.concatenate([[0], starts[:-1] + plan.chunk - starts[1:]])
+
+    def join(per_chunk):
+        d = [d[:, skip:] for d, skip in zip(per_chunk, skips)]
+        mean = mean_over_channels(ops.concatenate(d, axis=1))
+        return ops.take(
+            ops.concatenate([mean, ops.ones((1,))]), plan.window_displacement
+        )
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        join = jax.jit(join)
+    return split, estimate, join
 
 
 def _count(ids, length):
