@@ -54,6 +54,42 @@ def _centred_window(branch_size, size):
     )
 
 
+def _parse_branches(size, branches, value_name, convert):
+    """`[(window slices, convert(value)), ...]` of the `(branch_kernel_size,
+    value)` pairs `branches`, each branch centred in a kernel of spatial
+    `size`."""
+    if isinstance(branches, (str, bytes)) or not hasattr(branches, "__iter__"):
+        raise TypeError(
+            f"`branches` must be a list of (branch_kernel_size, {value_name}) "
+            f"pairs. Received: branches={branches!r}"
+        )
+    parsed = []
+    for branch in branches:
+        try:
+            branch_size, value = branch
+        except (TypeError, ValueError):
+            raise ValueError(
+                "Each entry of `branches` must be a (branch_kernel_size, "
+                f"{value_name}) pair. Received: {branch!r}"
+            ) from None
+        parsed.append((_centred_window(branch_size, size), convert(value)))
+    if not parsed:
+        raise ValueError(
+            "`branches` must contain at least one (branch_kernel_size, "
+            f"{value_name}) pair. Received: branches=[]"
+        )
+    return parsed
+
+
+def _branch_scalar(value):
+    scalar = float(value)
+    if not np.isfinite(scalar):
+        raise ValueError(
+            f"Branch scalars must be finite. Received: scalar={scalar}"
+        )
+    return scalar
+
+
 def mask_from_branches(kernel_size, branches, normalize=False):
     """Returns the SGS mask equivalent to a block of parallel conv branches.
 
@@ -96,32 +132,9 @@ def mask_from_branches(kernel_size, branches, normalize=False):
         A float32 numpy array of shape `kernel_size`.
     """
     size = _spatial_size("kernel_size", kernel_size)
-    if isinstance(branches, (str, bytes)) or not hasattr(branches, "__iter__"):
-        raise TypeError(
-            "`branches` must be a list of (branch_kernel_size, scalar) "
-            f"pairs. Received: branches={branches!r}"
-        )
-    branches = list(branches)
-    if not branches:
-        raise ValueError(
-            "`branches` must contain at least one (branch_kernel_size, "
-            "scalar) pair. Received: branches=[]"
-        )
+    parsed = _parse_branches(size, branches, "scalar", _branch_scalar)
     mask = np.zeros(size, dtype=np.float64)
-    for branch in branches:
-        try:
-            branch_size, scalar = branch
-        except (TypeError, ValueError):
-            raise ValueError(
-                "Each entry of `branches` must be a (branch_kernel_size, "
-                f"scalar) pair. Received: {branch!r}"
-            ) from None
-        window = _centred_window(branch_size, size)
-        scalar = float(scalar)
-        if not np.isfinite(scalar):
-            raise ValueError(
-                f"Branch scalars must be finite. Received: scalar={scalar}"
-            )
+    for window, scalar in parsed:
         mask[window] += scalar**2
     if normalize:
         mean = mask.mean()
@@ -208,27 +221,9 @@ def mask_from_channel_branches(kernel_size, branches):
         length of the per-channel scales (1 if every scale is a number).
     """
     size = _spatial_size("kernel_size", kernel_size)
-    if isinstance(branches, (str, bytes)) or not hasattr(branches, "__iter__"):
-        raise TypeError(
-            "`branches` must be a list of (branch_kernel_size, scales) "
-            f"pairs. Received: branches={branches!r}"
-        )
-    parsed = []
-    for branch in branches:
-        try:
-            branch_size, scales = branch
-        except (TypeError, ValueError):
-            raise ValueError(
-                "Each entry of `branches` must be a (branch_kernel_size, "
-                f"scales) pair. Received: {branch!r}"
-            ) from None
-        window = _centred_window(branch_size, size)
-        parsed.append((window, _channel_scales("scales", scales)))
-    if not parsed:
-        raise ValueError(
-            "`branches` must contain at least one (branch_kernel_size, "
-            "scales) pair. Received: branches=[]"
-        )
+    parsed = _parse_branches(
+        size, branches, "scales", lambda v: _channel_scales("scales", v)
+    )
     channels = _common_channels(
         [(f"branches[{i}]", s) for i, (_, s) in enumerate(parsed)]
     )

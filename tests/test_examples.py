@@ -359,6 +359,19 @@ def stopped_run(output_dir, files):
     shutil.copytree(files, output_dir, dirs_exist_ok=True)
 
 
+def failed_restart(output_dir):
+    """The output of restarting the stopped run in `output_dir`, which
+    must fail."""
+    return run_script(
+        "train_cifar.py",
+        "--method=sgs_mi",
+        *TINY,
+        "--epochs=3",
+        f"--output_dir={output_dir}",
+        expect_returncode=1,
+    )
+
+
 def test_restart_with_other_flags_is_refused(stopped_run_files, tmp_path):
     stopped_run(tmp_path, stopped_run_files)
     recorded = read_json(tmp_path / "run_flags.json")
@@ -409,14 +422,7 @@ def test_corrupt_history_names_the_file(stopped_run_files, tmp_path):
     stopped_run(tmp_path, stopped_run_files)
     history = tmp_path / "history.json"
     history.write_text(history.read_text()[:20])  # a kill mid-write
-    output = run_script(
-        "train_cifar.py",
-        "--method=sgs_mi",
-        *TINY,
-        "--epochs=3",
-        f"--output_dir={tmp_path}",
-        expect_returncode=1,
-    )
+    output = failed_restart(tmp_path)
     assert f"{history} is corrupt" in output
     assert "--overwrite" in output
 
@@ -425,14 +431,7 @@ def test_unreadable_backup_names_the_folder(stopped_run_files, tmp_path):
     stopped_run(tmp_path, stopped_run_files)
     weights = tmp_path / "backup" / "latest.weights.h5"
     weights.write_bytes(weights.read_bytes()[:100])
-    output = run_script(
-        "train_cifar.py",
-        "--method=sgs_mi",
-        *TINY,
-        "--epochs=3",
-        f"--output_dir={tmp_path}",
-        expect_returncode=1,
-    )
+    output = failed_restart(tmp_path)
     assert f"The backup in {tmp_path / 'backup'} cannot be read" in output
     assert "--overwrite" in output
 

@@ -143,6 +143,18 @@ def test_fit_with_all_ones_masks_matches_inner():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def assert_variables_equal(variables, expected, rtol, atol):
+    """Each variable's value equals its expected array (named on failure)."""
+    for v, x in zip(variables, expected):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(v),
+            x,
+            rtol=rtol,
+            atol=atol,
+            err_msg=v.path,
+        )
+
+
 def reference_sgd(start, steps, masks, lr, momentum, nesterov, wd):
     """Keras SGD's update written out in numpy, with the SGS mask."""
     variables = [x.astype(np.float64) for x in start]
@@ -198,14 +210,7 @@ def test_hand_computed_sgd_update(momentum, nesterov, wd):
         optimizer.apply(grads, variables)
     steps = [[keras.ops.convert_to_numpy(g) for g in s] for s in steps]
     expected = reference_sgd(start, steps, masks, 0.1, momentum, nesterov, wd)
-    for v, x in zip(variables, expected):
-        np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(v),
-            x,
-            rtol=2e-5,
-            atol=2e-6,
-            err_msg=v.path,
-        )
+    assert_variables_equal(variables, expected, rtol=2e-5, atol=2e-6)
     assert int(optimizer.iterations) == 3
 
 
@@ -253,14 +258,7 @@ def test_coupled_weight_decay_is_pytorch_sgd_on_the_masked_gradient(
     expected = reference_torch_sgd(
         start, numpy_steps, mask_values, decayed, 0.1, 0.9, nesterov, 0.05
     )
-    for v, x in zip(variables, expected):
-        np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(v),
-            x,
-            rtol=2e-5,
-            atol=2e-6,
-            err_msg=v.path,
-        )
+    assert_variables_equal(variables, expected, rtol=2e-5, atol=2e-6)
     # Not a no-op: without the decay the trajectory differs.
     plain = keras_sgs.SGSWrapper(
         keras.optimizers.SGD(0.1, momentum=0.9, nesterov=nesterov),
@@ -338,14 +336,7 @@ def test_update_mode_scales_adam_steps():
             mask = optimizer.get_mask(v)
             mask = 1.0 if mask is None else keras.ops.convert_to_numpy(mask)
             expected[i] = expected[i] - 0.01 * 0.1 * expected[i] + mask * d
-    for v, x in zip(variables, expected):
-        np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(v),
-            x,
-            rtol=1e-4,
-            atol=1e-6,
-            err_msg=v.path,
-        )
+    assert_variables_equal(variables, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_update_mode_equals_gradient_mode_for_plain_sgd():
@@ -1215,14 +1206,7 @@ def test_broadcasting_masks_hand_computed_sgd_update(mode):
         expected[index] = np.where(
             frozen, start[index] * (1 - 0.05 * 0.1) ** 3, expected[index]
         )
-    for v, x in zip(variables, expected):
-        np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(v),
-            x,
-            rtol=2e-5,
-            atol=2e-6,
-            err_msg=v.path,
-        )
+    assert_variables_equal(variables, expected, rtol=2e-5, atol=2e-6)
 
 
 def test_update_mode_scales_adam_steps_per_channel():
