@@ -359,13 +359,23 @@ def bin_ranges(x, plan):
     """`(low, high)` of the `X` (index 0) and `Y` (index 1) samples of every
     displacement and channel, each `(2, num_displacements, chunk)`, from
     per-position extremes over the batch (one pass over `x`)."""
-    low, high = ops.min(x, axis=-1), ops.max(x, axis=-1)  # (chunk, *padded)
+    low, high = _min_max(x)  # (chunk, *padded)
     inside = plan.windows[:, :, None]  # (2, num_displacements, 1, *padded)
     axes = tuple(range(3, inside.ndim))
     return (
         ops.min(ops.where(inside, low, np.inf), axis=axes),
         ops.max(ops.where(inside, high, -np.inf), axis=axes),
     )
+
+
+def _min_max(x):
+    """The minimum and maximum of `x` along its last axis (one pass on
+    PyTorch, which runs eagerly; XLA fuses the two reductions)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.aminmax(x, dim=-1)
+    return ops.min(x, axis=-1), ops.max(x, axis=-1)
 
 
 def kept_pairs(x_values, y_values):
