@@ -17,8 +17,9 @@ tested against numpy: `padded_chunk`, `pairs`, `bin_ranges` (or
 in float32 whatever the input dtype, with no Python loop over channels or
 pixels. The chunk step is compiled (`tf.function` with XLA / `jax.jit`;
 eager on PyTorch) once per chunk shape, which the number of channels does
-not change, so a network compiles a handful of shapes; the cell ids of
-one chunk, its largest temporary, are bounded by `_PAIRS_PER_CALL`.
+not change, so a network compiles a handful of shapes (on JAX, once per
+map shape, the loop over chunks included); the cell ids of one chunk, its
+largest temporary, are bounded by `_PAIRS_PER_CALL`.
 """
 
 import dataclasses
@@ -149,7 +150,7 @@ def spatial_dependence(
         raise ValueError(f"`k` must be a positive number. Received: k={k!r}")
     # Histograms have no gradient; a PyTorch map may require one.
     feature_map = ops.stop_gradient(ops.convert_to_tensor(feature_map))
-    split, estimate, join = _map_steps(
+    dependence = _compiled_map_dependence(
         shape,
         str(feature_map.dtype),
         kernel_size,
@@ -158,7 +159,7 @@ def spatial_dependence(
         float(k),
         bool(diagonal_removal),
     )
-    return join([estimate(chunk) for chunk in split(feature_map)])
+    return dependence(feature_map)
 
 
 def dependence_to_scaling(dependence):
@@ -614,18 +615,19 @@ def _compiled_chunk_dependence(
 
 
 @functools.lru_cache(maxsize=256)
-def _map_steps(
+def _compiled_map_dependence(
     shape, dtype, kernel_size, padding, dilation_rate, k, diagonal_removal
 ):
-    """`(split, estimate, join)` for a map of `shape`: `split` yields the map
-    in chunks of channels `(chunk, *spatial, batch)`, `estimate` gives a
-    chunk's `D` per displacement (`_compiled_chunk_dependence`), `join`
-    takes the mean over the channels and lays it out in the kernel's shape.
+    """`D` in the kernel's shape of a channels-last map of `shape`: the map
+    transposed to `(channels, *spatial, batch)`, estimated a chunk of
+    channels at a time (`_compiled_chunk_dependence`), and the mean over
+    the channels.
 
-    On JAX, where every eager op compiles once per shape, `join` is
-    compiled: its dozen small ops, compiled one by one, took as long as
-    the estimator on a network's first refresh. (`split` is not: with many
-    chunks, compiling its many outputs costs more than its two ops.)
+    On JAX, where every eager op compiles once per shape, the whole of it
+    is one compiled function, the chunks a loop (`lax.map`) inside it; the
+    small steps around the chunks, compiled one by one, took as long as the
+    estimator on a network's first refresh. Elsewhere a Python loop calls
+    the compiled chunk step.
     """
     plan = pair_plan(shape, kernel_size, padding, dilation_rate)
     rank = len(shape) - 2
@@ -638,26 +640,23 @@ def _map_steps(
         k,
         diagonal_removal,
     )
-
-    def split(feature_map):
-        # Batch innermost: long, contiguous runs for every map size.
-        channels_first = ops.transpose(
-            feature_map, (rank + 1, *range(1, rank + 1), 0)
-        )
-        # One at a time (a generator): a slice is a copy.
-        return (
-            channels_first[start : start + plan.chunk]
-            for start in plan.chunk_starts
-        )
-
-    # The last chunk may overlap the one before: its first `skip`
-    # channels are estimated already.
+    # Column `i * chunk + j` of the chunks' estimates is channel
+    # `starts[i] + j`; the last chunk may overlap the one before: each
+    # channel's first estimate is kept.
     starts = plan.chunk_starts
-    skips = np.concatenate([[0], starts[:-1] + plan.chunk - starts[1:]])
+    channel = (starts[:, None] + np.arange(plan.chunk)).ravel()
+    kept = np.unique(channel, return_index=True)[1]
 
-    def join(per_chunk):
-        d = [d[:, skip:] for d, skip in zip(per_chunk, skips)]
-        mean = mean_over_channels(ops.concatenate(d, axis=1))
+    def channels_first(feature_map):
+        # Batch innermost: long, contiguous runs for every map size.
+        return ops.transpose(feature_map, (rank + 1, *range(1, rank + 1), 0))
+
+    def mean_in_kernel_shape(per_chunk):
+        """`(num_chunks, num_displacements, chunk)` -> the kernel's shape."""
+        d = ops.reshape(
+            ops.transpose(per_chunk, (1, 0, 2)), (plan.num_displacements, -1)
+        )
+        mean = mean_over_channels(ops.take(d, kept, axis=1))
         return ops.take(
             ops.concatenate([mean, ops.ones((1,))]), plan.window_displacement
         )
@@ -665,8 +664,28 @@ def _map_steps(
     if keras.backend.backend() == "jax":
         import jax
 
-        join = jax.jit(join)
-    return split, estimate, join
+        @jax.jit
+        def dependence(feature_map):
+            x = channels_first(feature_map)
+            return mean_in_kernel_shape(
+                jax.lax.map(
+                    lambda start: estimate(
+                        jax.lax.dynamic_slice_in_dim(x, start, plan.chunk)
+                    ),
+                    starts,
+                )
+            )
+
+        return dependence
+
+    def dependence(feature_map):
+        x = channels_first(feature_map)
+        # A chunk at a time: a slice is a copy.
+        return mean_in_kernel_shape(
+            ops.stack([estimate(x[s : s + plan.chunk]) for s in starts])
+        )
+
+    return dependence
 
 
 def _count(ids, length):

@@ -154,7 +154,7 @@ def test_real_activations_of_a_trained_model(cifar10_train):
         ((3, 20, 4), (3,), {"padding": "causal"}),
         ((2, 5, 6, 7, 3), (3, 3, 3), {}),
         ((4, 9, 9, 5), (3, 3), {"diagonal_removal": True}),
-        # Chunks of 3 channels, the last overlapping the one before.
+        # Chunks of 16 channels, the last overlapping the one before.
         ((2, 6, 6, 70), (3, 3), {}),
     ],
 )
