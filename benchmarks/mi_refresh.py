@@ -258,11 +258,16 @@ def measure_application(name, data, count, repeats, weights, load):
 
 
 def max_mask_difference(ours, theirs):
-    """The largest difference between two `{layer: mask}`, formatted."""
+    """The largest difference between two `{layer: mask}`, formatted: the
+    absolute one, and relative to the layer's largest mask value (masks
+    are `D / mean(D)`, so float32's error on `D` grows with them)."""
     both = ours.keys() & theirs.keys()
     if len(both) < max(len(ours), len(theirs)):
         return "**layers differ**"
-    return f"{max(np.abs(ours[k] - theirs[k]).max() for k in both):.1e}"
+    gaps = [np.abs(ours[k] - theirs[k]).max() for k in both]
+    largest = [np.abs(theirs[k]).max() for k in both]
+    relative = max(g / m for g, m in zip(gaps, largest))
+    return f"{max(gaps):.1e} ({relative:.0e} relative)"
 
 
 def measure_imagenet_map(repeats, shape=(256, 58, 58, 64)):
