@@ -2,6 +2,7 @@
 method.md section 3 (float64, loops, the authors' conventions)."""
 
 import itertools
+import logging
 
 import keras
 import numpy as np
@@ -506,3 +507,39 @@ def test_pair_plan_is_shared_read_only():
     assert plan is mutual_info.pair_plan((2, 8, 8, 3), (3, 3), "same", (1, 1))
     with pytest.raises(ValueError, match="read-only"):
         plan.bins[0] = 1.0
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="JAX compiles every eager op once per shape; the other backends "
+    "run the small steps eagerly without compiling",
+)
+def test_a_new_map_shape_compiles_one_program_on_jax(caplog):
+    """The whole map's estimate is one compiled function (its chunks a
+    loop inside it): a network's first refresh compiles once per map shape,
+    not once per small step around the chunks."""
+    import jax
+
+    fmap = np.random.default_rng(0).normal(size=(4, 7, 9, 70))
+    fmap = fmap.astype("float32")  # chunks of 16 channels, the last overlapping
+    keras_sgs.spatial_dependence(fmap[:, :5], (3, 3))  # another shape first
+
+    def compilations(call):
+        caplog.clear()
+        jax.config.update("jax_log_compiles", True)
+        try:
+            with caplog.at_level(logging.WARNING):
+                call()
+        finally:
+            jax.config.update("jax_log_compiles", False)
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if "Finished XLA compilation" in r.getMessage()
+        ]
+
+    first = compilations(lambda: keras_sgs.spatial_dependence(fmap, (3, 3)))
+    # The estimate, and at most one trivial step putting the map on device.
+    assert 1 <= len(first) <= 2, first
+    again = compilations(lambda: keras_sgs.spatial_dependence(2 * fmap, (3, 3)))
+    assert again == []
