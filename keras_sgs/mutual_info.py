@@ -693,9 +693,10 @@ def _count(ids, length):
 
     TensorFlow's `DenseBincount` kernel counts in per-thread histograms
     (`ops.bincount` adds a pass for the maximum, and its scatter-based
-    `unsorted_segment_sum` is about 20x slower on CPU); PyTorch adds ones
-    at the ids; under `jax.jit` the length must be static, which
-    `segment_sum` has.
+    `unsorted_segment_sum` is about 20x slower on CPU); PyTorch's
+    `bincount` on the int32 ids, its range check included, is 1.6-1.9x as
+    fast as `index_add_` of ones (CPU, ReLU-like ids); under `jax.jit` the
+    length must be static, which `segment_sum` has.
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -708,10 +709,7 @@ def _count(ids, length):
         return ops.segment_sum(ones, ids, num_segments=length)
     import torch
 
-    # `index_add_` of a broadcast 1: `bincount`'s two passes checking the
-    # ids' range left out (2x faster on CPU).
-    ones = torch.ones((), device=ids.device).expand(ids.shape)
-    return torch.zeros(length, device=ids.device).index_add_(0, ids, ones)
+    return torch.bincount(ids, minlength=length).to(torch.float32)
 
 
 def _entropy_terms(counts, total):
