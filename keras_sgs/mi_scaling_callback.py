@@ -224,20 +224,16 @@ class MIScalingCallback(keras.callbacks.Callback):
                 self.model, [layer for layer, _ in targets]
             )
         feature_maps = self._capture(self.data)
-        # Two layers at a time where the estimator is compiled: its
-        # compilations (a handful of shapes on the first refresh) and its
-        # serial steps overlap. PyTorch runs it eagerly, each op on every
-        # core, and two layers at a time only contend (ConvNeXtTiny's
-        # refresh: 5.0 s against 3.7 s one at a time).
-        workers = 1 if keras.backend.backend() == "torch" else 2
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            estimates = list(
-                pool.map(
-                    self._estimate,
-                    [layer for layer, _ in targets],
-                    feature_maps,
-                )
-            )
+        layers = [layer for layer, _ in targets]
+        if keras.backend.backend() == "torch":
+            # Eager, nothing to compile; and PyTorch's ops ran 3x slower in
+            # a worker thread than in this one (ConvNeXtTiny's refresh).
+            estimates = list(map(self._estimate, layers, feature_maps))
+        else:
+            # Two layers at a time: the estimator's compilations (a handful
+            # of shapes on the first refresh) and its serial steps overlap.
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                estimates = list(pool.map(self._estimate, layers, feature_maps))
         estimates = _mean_over_workers(self.model, estimates)
         updated = {}
         for (layer, kernel), mask, fmap in zip(
