@@ -219,12 +219,10 @@ class MIScalingCallback(keras.callbacks.Callback):
             return {}
         if not targets:
             return {}
-        if self._capture is None:
-            self._capture = _compiled_capture(
-                self.model, [layer for layer, _ in targets]
-            )
-        feature_maps = self._capture(self.data)
         layers = [layer for layer, _ in targets]
+        if self._capture is None:
+            self._capture = _compiled_capture(self.model, layers)
+        feature_maps = self._capture(self.data)
         if keras.backend.backend() == "torch":
             # Eager, nothing to compile; and PyTorch's ops ran 3x slower in
             # a worker thread than in this one (ConvNeXtTiny's refresh).

@@ -578,7 +578,8 @@ def _compiled_chunk_dependence(
 ):
     """`D` `(num_displacements, chunk)` of a chunk of channels `(chunk,
     *spatial, batch)`, compiled once per chunk shape and configuration
-    (whatever the map's number of channels): NaN for a channel holding a
+    (whatever the map's number of channels; on JAX as part of the map's
+    function): NaN for a channel holding a
     non-finite value or giving a constant histogram, `_NO_PAIR` where
     diagonal removal leaves no pair (see `_chunk_dependence`)."""
     del dtype  # part of the cache key only
@@ -607,11 +608,7 @@ def _compiled_chunk_dependence(
         ids, finite = cells(chunk)
         return dependence(count_cells(ids), finite)
 
-    if backend == "jax":
-        import jax
-
-        return jax.jit(estimate)
-    return estimate
+    return estimate  # on JAX, compiled inside `_compiled_map_dependence`
 
 
 @functools.lru_cache(maxsize=256)
