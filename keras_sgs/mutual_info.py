@@ -608,7 +608,15 @@ def _compiled_chunk_dependence(
         ids, finite = cells(chunk)
         return dependence(count_cells(ids), finite)
 
-    return estimate  # on JAX, compiled inside `_compiled_map_dependence`
+    if backend == "jax":
+        import jax
+
+        # Compiled as part of the map's function; a `jit` of its own still
+        # pays: JAX then traces the chunk step once per chunk shape, not
+        # once per map shape (MobileNetV2's first refresh 6.1 s, 6.2-6.8 s
+        # without).
+        return jax.jit(estimate)
+    return estimate
 
 
 @functools.lru_cache(maxsize=256)
