@@ -15,7 +15,6 @@ from keras_sgs import _keras_private as private
 from keras_sgs._numbers import is_int
 from keras_sgs._numbers import is_real
 from keras_sgs.conv_kernels import spatial_kernels
-from keras_sgs.mutual_info import dependence_to_scaling
 from keras_sgs.mutual_info import spatial_dependence
 from keras_sgs.sgs_wrapper import SGSWrapper
 
@@ -343,7 +342,10 @@ class MIScalingCallback(keras.callbacks.Callback):
             dilation_rate=layer.dilation_rate,
             diagonal_removal=self.diagonal_removal,
         )
-        return ops.convert_to_numpy(dependence_to_scaling(dependence))
+        # `dependence_to_scaling` in numpy: on JAX an eager op compiles
+        # once per kernel shape.
+        dependence = ops.convert_to_numpy(dependence)
+        return dependence / dependence.mean()
 
 
 def _channels_last(layer, fmap):

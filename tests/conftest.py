@@ -1,8 +1,10 @@
 """Shared test set-up. Each backend runs in its own process
 (`KERAS_BACKEND=tensorflow|jax|torch pytest`, see BUILD.md)."""
 
+import logging
 import os
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -30,6 +32,34 @@ if BACKEND == "tensorflow":
 tensorflow_only = pytest.mark.skipif(
     BACKEND != "tensorflow", reason="uses tf.distribute / tf.train"
 )
+jax_only = pytest.mark.skipif(
+    BACKEND != "jax",
+    reason="JAX compiles every eager op once per shape; the other backends "
+    "run the small steps eagerly without compiling",
+)
+
+
+@pytest.fixture
+def jax_compilations(caplog):
+    """`compilations(call)`: the names of the functions that JAX compiles
+    (XLA) while `call()` runs, e.g. `["dependence"]`."""
+    import jax
+
+    def compilations(call):
+        caplog.clear()
+        jax.config.update("jax_log_compiles", True)
+        try:
+            with caplog.at_level(logging.WARNING):
+                call()
+        finally:
+            jax.config.update("jax_log_compiles", False)
+        return [
+            re.search(r"of jit\((.*)\)", r.getMessage()).group(1)
+            for r in caplog.records
+            if "Finished XLA compilation" in r.getMessage()
+        ]
+
+    return compilations
 
 
 @pytest.fixture(scope="session")

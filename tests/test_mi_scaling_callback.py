@@ -4,6 +4,7 @@ real input, for every kind of model, on schedule, and robust to bad maps."""
 import keras
 import numpy as np
 import pytest
+from conftest import jax_only
 from conftest import tensorflow_only
 
 import keras_sgs
@@ -462,6 +463,24 @@ def test_capture_without_patching_for_graph_models():
     subclassed = Subclassed()
     subclassed(np.zeros((1, 32, 32, 3), "float32"))
     assert _input_submodel(subclassed, [subclassed.c1]) is None
+
+
+@jax_only
+def test_a_refresh_compiles_the_capture_and_one_estimate_per_shape_on_jax(
+    jax_compilations,
+):
+    """The first refresh compiles the forward pass and the estimate of each
+    map shape, nothing else: the masks are scaled in numpy, not by eager
+    ops that compile once per kernel shape."""
+    model = compile_sgs(functional())
+    callback = keras_sgs.MIScalingCallback(
+        np.random.default_rng(0).random((8, 32, 32, 3), "float32")
+    )
+    callback.set_model(model)
+    model.optimizer.build(model.trainable_variables)  # its zeros compile
+    names = jax_compilations(callback.refresh)
+    assert names.count("dependence") == 2, names  # c1 and c2
+    assert set(names) <= {"stateless", "dependence", "stage"}, names
 
 
 def test_recording_ignores_other_threads_and_leaves_no_patch():
