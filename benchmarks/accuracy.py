@@ -1,10 +1,15 @@
-r"""The paper's CIFAR-10 comparison with keras_sgs, on TensorFlow, JAX, PyTorch.
+r"""The paper's CIFAR-10 and CIFAR-100 comparisons with keras_sgs, on
+TensorFlow, JAX, PyTorch.
 
 Trains each of `--methods` once per seed of `--seeds` and writes one JSON
-per run and a markdown table (test top-1 mean +- std over seeds, seconds
-per epoch, seconds in MI refreshes) beside the reference measured with the
-authors' own PyTorch code. The defaults are the authors' recipe: VGG-11-BN,
-batch 128, SGD momentum 0.9, lr 0.1 with cosine decay over all steps,
+per run and a markdown table (test top-1 mean +- std over seeds and its
+difference to the baseline, seconds per epoch and their ratio to the
+baseline's, seconds in MI refreshes) beside the reference: the paper's
+CIFAR-100 figures, or for CIFAR-10 those measured with the authors' own
+PyTorch code. The defaults are the authors' recipe (`wei_cifar.yaml`):
+VGG-11-BN (for CIFAR-100 with the 4096-4096 classifier of
+`weiaicunzai/pytorch-cifar100`, `--head=mlp`), batch 128, SGD momentum
+0.9 without Nesterov, lr 0.1 with cosine decay over all steps,
 PyTorch's coupled weight decay 5e-4 on every variable (added after the SGS
 mask, `SGSWrapper(coupled_weight_decay=...)`), random crop (pad 4) + flip +
 cutout 16 on the device, SGS-MI masks refreshed at epoch 1 and then every 5
@@ -17,16 +22,24 @@ augmentation), k = 5.
   `fuse_model`. Every method trains with `SGSWrapper(SGD)`, whose masks
   stay at ones for `baseline`, `acb` and `repvgg` (exactly SGD with the
   coupled decay).
-- Data: TFRecord globs (`--data`, `--test_data`) read without TensorFlow,
-  or the compact `cifar10_jpeg.npz` of `../shared/tools/gpu-wheels.sh
-  --data` (`--data=.gpu-data/cifar10_jpeg.npz`, holds both splits).
-  TensorFlow is imported only on the TensorFlow backend.
+- Data: `--dataset` (cifar10 or cifar100) sets the classes, the
+  normalization and the default data (`../shared/data/<dataset>`):
+  TFRecord globs (`--data`, `--test_data`; JPEG or PNG, the fine labels
+  of CIFAR-100) read without TensorFlow, or the compact
+  `<dataset>_jpeg.npz` of `../shared/tools/gpu-wheels.sh --data`
+  (`--data=.gpu-data/cifar100_jpeg.npz`, holds both splits). Labels that
+  do not fit the data set are refused before training. TensorFlow is
+  imported only on the TensorFlow backend.
+- Runs of one seed are started next to each other, so that with
+  `--parallel` the methods share the device under the same load.
 - `--parallel N` trains N runs at once, each in its own process (one GPU
   shared by small models); JAX processes then allocate GPU memory as they
   need it (`XLA_PYTHON_CLIENT_PREALLOCATE=false`).
 
 ```sh
 KERAS_BACKEND=jax python3 benchmarks/accuracy.py --epochs=60 --parallel=6
+KERAS_BACKEND=jax python3 benchmarks/accuracy.py --dataset=cifar100 \
+    --data=.gpu-data/cifar100_jpeg.npz --epochs=200 --parallel=6
 KERAS_BACKEND=tensorflow python3 benchmarks/accuracy.py --epochs=1 \
     --train_images=512 --width=0.25 --output=/tmp/accuracy.md   # smoke
 ```
@@ -54,26 +67,62 @@ import keras_sgs  # noqa: E402
 from keras_sgs.plotting import model_masks  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
+SHARED_DATA = REPO.parent / "shared" / "data"
 MODELS = ("vgg11", "vgg16", "resnet18")
-NUM_CLASSES = 10
+# The authors' model and schedule per data set: (head, epochs).
+RECIPES = {"cifar10": ("linear", 60), "cifar100": ("mlp", 200)}
 METHODS = ("baseline", "sgs_mi", "sgs_constant", "acb", "repvgg")
 CONV_TYPES = {"acb": "acb", "repvgg": "repvgg"}  # other methods: "plain"
 ACB_BRANCHES = [((3, 3), 1.0), ((1, 3), 1.0), ((3, 1), 1.0)]
-# Measured with the authors' PyTorch code on the same TFRecords, VGG-11-BN,
-# one H100 (../shared/docs/method.md): epochs -> (seeds, baseline, SGS).
+# (dataset, model, epochs) -> (source, seeds, baseline, SGS), from
+# ../shared/docs/method.md: CIFAR-10 measured with the authors' PyTorch code
+# on the same TFRecords (VGG-11-BN, one H100); CIFAR-100 the paper's
+# (authors' README) 200-epoch figures.
 REFERENCE = {
-    30: (2, "87.50 (87.52, 87.48)", "87.39 (86.95, 87.83)"),
-    60: (3, "89.06 ± 0.18", "89.27 ± 0.14"),
+    ("cifar10", "vgg11", 30): (
+        "authors' code, one H100",
+        2,
+        "87.50 (87.52, 87.48)",
+        "87.39 (86.95, 87.83)",
+    ),
+    ("cifar10", "vgg11", 60): (
+        "authors' code, one H100",
+        3,
+        "89.06 ± 0.18",
+        "89.27 ± 0.14",
+    ),
+    ("cifar100", "vgg11", 200): ("paper", "", "70.8 ± 0.1", "73.2 ± 0.1"),
+    ("cifar100", "vgg16", 200): ("paper", "", "74.9 ± 0.1", "76.2 ± 0.1"),
+    ("cifar100", "resnet18", 200): ("paper", "", "77.8 ± 0.1", "78.8 ± 0.1"),
 }
 
 FLAGS = flags.FLAGS
+flags.DEFINE_enum(
+    "dataset",
+    "cifar10",
+    tuple(cifar.DATASETS),
+    "Sets the classes, the normalization, the default --data, --head and "
+    "--epochs.",
+)
 flags.DEFINE_enum("model", "vgg11", MODELS, "Architecture.")
+flags.DEFINE_enum(
+    "head",
+    None,
+    keras_sgs.models.HEADS,
+    "The VGG classifier (keras_sgs.models.build_model). Defaults to the "
+    "authors' model: linear for cifar10, mlp for cifar100.",
+)
 flags.DEFINE_list(
     "methods", ["baseline", "sgs_mi"], f"Any of {', '.join(METHODS)}."
 )
 flags.DEFINE_list("seeds", ["0", "1", "2"], "One run per method per seed.")
-flags.DEFINE_integer("epochs", 60, "Training epochs.", lower_bound=1)
+flags.DEFINE_integer(
+    "epochs",
+    None,
+    "Training epochs. Defaults to 60 for cifar10 (the CIFAR-10 study) and "
+    "the authors' 200 for cifar100.",
+    lower_bound=1,
+)
 flags.DEFINE_float("width", 1.0, "Channel multiplier of the model.")
 flags.DEFINE_integer(
     "train_images",
@@ -89,13 +138,15 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_string(
     "data",
-    str(CIFAR10 / "train-*.tfrecord"),
-    "Training images: a TFRecord glob, or a compact .npz (both splits).",
+    None,
+    "Training images: a TFRecord glob, or a compact .npz (both splits). "
+    "Defaults to ../shared/data/<dataset>/train-*.tfrecord.",
 )
 flags.DEFINE_string(
     "test_data",
-    str(CIFAR10 / "test-*.tfrecord"),
-    "Test images: a TFRecord glob (ignored when --data is a .npz).",
+    None,
+    "Test images: a TFRecord glob (ignored when --data is a .npz). "
+    "Defaults to ../shared/data/<dataset>/test-*.tfrecord.",
 )
 flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
 flags.DEFINE_float("lr", 0.1, "Learning rate, cosine-decayed to 0.")
@@ -122,15 +173,23 @@ flags.DEFINE_string(
 def main(argv):
     del argv
     methods, seeds = check_flags()
-    train_images, train_labels = load("train", FLAGS.data, FLAGS.train_images)
-    test_source = FLAGS.data if FLAGS.data.endswith(".npz") else FLAGS.test_data
+    default_head, default_epochs = RECIPES[FLAGS.dataset]
+    FLAGS.head = FLAGS.head or default_head
+    FLAGS.epochs = FLAGS.epochs or default_epochs
+    shared = SHARED_DATA / FLAGS.dataset
+    data = FLAGS.data or str(shared / "train-*.tfrecord")
+    test_data = FLAGS.test_data or str(shared / "test-*.tfrecord")
+    train_images, train_labels = load("train", data, FLAGS.train_images)
+    test_source = data if data.endswith(".npz") else test_data
     test_images, test_labels = load("test", test_source, FLAGS.test_images)
     runs_dir = pathlib.Path(FLAGS.output).with_suffix("")
     runs_dir.mkdir(parents=True, exist_ok=True)
     settings = {
         name: getattr(FLAGS, name)
         for name in (
+            "dataset",
             "model",
+            "head",
             "epochs",
             "width",
             "batch_size",
@@ -144,7 +203,8 @@ def main(argv):
         )
     }
     print(
-        f"{FLAGS.model} (width {FLAGS.width}), {FLAGS.epochs} epochs, "
+        f"{FLAGS.dataset}: {FLAGS.model} ({FLAGS.head} head, width "
+        f"{FLAGS.width}), {FLAGS.epochs} epochs, "
         f"{len(train_images)} training / {len(test_images)} test images, "
         f"{len(methods) * len(seeds)} runs, {FLAGS.parallel} at a time.",
         flush=True,
@@ -168,8 +228,8 @@ def main(argv):
                     runs_dir / f"{FLAGS.model}_{method}_seed{seed}.json"
                 ),
             )
-            for method in methods
             for seed in seeds
+            for method in methods
         ]
         context = multiprocessing.get_context("spawn")
         with context.Pool(FLAGS.parallel, maxtasksperchild=1) as pool:
@@ -215,18 +275,20 @@ def check_flags():
 
 
 def load(split, source, limit):
-    """`cifar.load_split`, with bad data reported as a usage error."""
+    """`cifar.load_split` and `cifar.check_labels`, with bad data reported
+    as a usage error."""
     try:
         images, labels = cifar.load_split(source, split, limit)
     except (ValueError, OSError) as error:
         raise app.UsageError(
             f"Cannot read the {split} images: {error}"
         ) from None
-    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+    try:
+        cifar.check_labels(labels, FLAGS.dataset, source)
+    except ValueError as error:
         raise app.UsageError(
-            f"The {split} labels of {source!r} must be 0..{NUM_CLASSES - 1}. "
-            f"Received: labels from {labels.min()} to {labels.max()}"
-        )
+            f"The {split} labels do not fit --dataset={FLAGS.dataset}: {error}"
+        ) from None
     return images, labels
 
 
@@ -249,13 +311,15 @@ def train_run(job):
         )
     }
     method = job["method"]
+    dataset = job["dataset"]
     backbone = keras_sgs.models.build_model(
         job["model"],
-        NUM_CLASSES,
+        cifar.DATASETS[dataset].num_classes,
         CONV_TYPES.get(method, "plain"),
         width=job["width"],
+        head=job["head"],
     )
-    model = cifar.training_model(backbone)
+    model = cifar.training_model(backbone, dataset)
     steps_per_epoch = -(-len(data["train_labels"]) // job["batch_size"])
     masks = None
     if method == "sgs_constant":
@@ -285,7 +349,10 @@ def train_run(job):
             )
         )
     results = {
+        "dataset": dataset,
         "model": job["model"],
+        "head": job["head"],
+        "num_classes": cifar.DATASETS[dataset].num_classes,
         "method": method,
         "seed": job["seed"],
         "epochs": job["epochs"],
@@ -309,7 +376,9 @@ def train_run(job):
     test = (data["test_images"], data["test_labels"])
     results["test_top1"] = evaluate(model, *test)
     if method in CONV_TYPES:
-        fused = cifar.inference_model(keras_sgs.reparam.fuse_model(backbone))
+        fused = cifar.inference_model(
+            keras_sgs.reparam.fuse_model(backbone), dataset
+        )
         compile_for_accuracy(fused, "sgd")
         results["fused_test_top1"] = evaluate(fused, *test)
     if method in ("sgs_mi", "sgs_constant"):
@@ -421,6 +490,39 @@ def refresh_columns(runs):
     )
 
 
+def difference(runs, baseline_runs, key, unit):
+    """`runs`' mean of `key` against the baseline's: points of accuracy
+    (`unit="points"`) or a ratio of medians (`unit="ratio"`); "" without
+    a baseline or for the baseline itself."""
+    if not baseline_runs or runs is baseline_runs:
+        return ""
+    if unit == "points":
+        mean = statistics.mean(r[key] for r in runs)
+        base = statistics.mean(r[key] for r in baseline_runs)
+        return f"{100 * (mean - base):+.2f}"
+    median = statistics.median(r[key] for r in runs)
+    return f"{median / statistics.median(r[key] for r in baseline_runs):.3f}"
+
+
+def reference_lines(dataset, model, epochs, width):
+    """Table rows of the reference for these settings, or a note with the
+    data set's references when none is for them."""
+    reference = REFERENCE.get((dataset, model, epochs))
+    if reference and width == 1.0:
+        source, seeds, baseline, sgs = reference
+        blanks = " |" * 9
+        return [
+            f"| {source}: baseline | {seeds} | {baseline} |{blanks}",
+            f"| {source}: SGS | {seeds} | {sgs} |{blanks}",
+        ]
+    notes = [
+        f"{m} ({e} epochs, {source}): baseline {baseline}, SGS {sgs}"
+        for (d, m, e), (source, _, baseline, sgs) in REFERENCE.items()
+        if d == dataset
+    ]
+    return ["", f"Reference (width 1): {'; '.join(notes)}."]
+
+
 def table(results, train_images, test_images):
     """The markdown table of `results` (one dict per run)."""
     by_method = {}
@@ -430,16 +532,19 @@ def table(results, train_images, test_images):
         by_method.setdefault(r["method"], []).append(r)
     first = results[0]
     devices = sorted({r["device"] for r in results})
+    baseline_runs = by_method.get("baseline")
     lines = [
-        f"Device: {'; '.join(devices)}. {first['model']} (width "
-        f"{first['width']}), {first['epochs']} epochs, {train_images} "
-        f"training / {test_images} test images of CIFAR-10; the authors' "
-        "recipe (see benchmarks/accuracy.py).",
+        f"Device: {'; '.join(devices)}. {first['model']} ({first['head']} "
+        f"head, width {first['width']}), {first['epochs']} epochs, "
+        f"{train_images} training / {test_images} test images of "
+        f"{first['dataset']}; the authors' recipe (see "
+        "benchmarks/accuracy.py).",
         "",
-        "| method | seeds | test top-1 (%) | fused top-1 (%) | s/epoch "
+        "| method | seeds | test top-1 (%) | vs baseline (points) "
+        "| fused top-1 (%) | s/epoch | s/epoch vs baseline "
         "| MI refreshes per run | first refresh (s) | warm refresh (s) "
         "| warm refresh / epoch |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, runs in by_method.items():
         fused = (
@@ -448,30 +553,19 @@ def table(results, train_images, test_images):
             else ""
         )
         first_refresh, warm, share = refresh_columns(runs)
+        seconds = statistics.median(r["seconds_per_epoch"] for r in runs)
         lines.append(
             f"| {method} | {len(runs)} | "
-            f"{mean_std([r['test_top1'] for r in runs])} | {fused} | "
-            f"{statistics.median(r['seconds_per_epoch'] for r in runs):.2f} | "
-            f"{len(runs[0]['mi_refresh_seconds'])} | {first_refresh} | "
-            f"{warm} | "
-            f"{share} |"
+            f"{mean_std([r['test_top1'] for r in runs])} | "
+            f"{difference(runs, baseline_runs, 'test_top1', 'points')} | "
+            f"{fused} | {seconds:.2f} | "
+            f"{difference(runs, baseline_runs, 'seconds_per_epoch', 'ratio')}"
+            f" | {len(runs[0]['mi_refresh_seconds'])} | {first_refresh} | "
+            f"{warm} | {share} |"
         )
-    reference = REFERENCE.get(first["epochs"])
-    if reference and first["model"] == "vgg11" and first["width"] == 1.0:
-        seeds, baseline, sgs = reference
-        lines += [
-            f"| authors' code, baseline (one H100) | {seeds} | {baseline} "
-            "| | | | | | |",
-            f"| authors' code, SGS (one H100) | {seeds} | {sgs} | | | | | | |",
-        ]
-    else:
-        lines += [
-            "",
-            "Reference, the authors' PyTorch code on the same TFRecords "
-            "(VGG-11, width 1, one H100): 60 epochs, 3 seeds: baseline "
-            "89.06 ± 0.18, SGS 89.27 ± 0.14; 30 epochs, 2 seeds: 87.50 vs "
-            "87.39.",
-        ]
+    lines += reference_lines(
+        first["dataset"], first["model"], first["epochs"], first["width"]
+    )
     return "\n".join(lines)
 
 

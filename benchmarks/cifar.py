@@ -1,15 +1,22 @@
-"""CIFAR-10 for the accuracy study, on any Keras backend, without TensorFlow.
+"""CIFAR-10 and CIFAR-100 for the accuracy study, on any Keras backend,
+without TensorFlow.
 
+- `DATASETS`: each data set's classes and channel statistics.
 - `load_split`: images as uint8 numpy arrays, from TFRecords (read with
-  `keras_sgs.tfrecords`) or from the compact `cifar10_jpeg.npz` that
-  `../shared/tools/gpu-wheels.sh --data` writes (JPEG bytes, offsets,
-  labels; decoded with Pillow).
+  `keras_sgs.tfrecords`; JPEG or PNG) or from the compact
+  `<dataset>_jpeg.npz` that `../shared/tools/gpu-wheels.sh --data` writes
+  (JPEG bytes, offsets, labels; decoded with Pillow). The labels are the
+  records' `image/class/label` (CIFAR-100's fine labels).
+- `check_labels`: the labels fit the data set (in range, and not another
+  data set's).
 - `RandomCropFlip` and `Cutout`: the authors' augmentation (random crop of
   the image padded by 4, horizontal flip, cutout 16) as Keras layers, one
   random draw per image, so that it runs inside the compiled train step.
 - `training_model`: uint8 images -> augmentation (training only) ->
   per-channel normalization -> one of `keras_sgs.models`.
 """
+
+import dataclasses
 
 import keras
 import numpy as np
@@ -18,10 +25,25 @@ from keras import ops
 from keras_sgs.tfrecords import decode_image
 from keras_sgs.tfrecords import read_image_records
 
-# CIFAR-10 channel statistics, in pixel units.
-MEAN = tuple(255.0 * m for m in (0.4914, 0.4822, 0.4465))
-STD = tuple(255.0 * s for s in (0.2470, 0.2435, 0.2616))
 IMAGE_SHAPE = (32, 32, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A CIFAR data set: its classes and its training images' per-channel
+    mean and standard deviation (in [0, 1] units, as published)."""
+
+    num_classes: int
+    mean: tuple
+    std: tuple
+
+
+DATASETS = {
+    "cifar10": Dataset(10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": Dataset(
+        100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    ),
+}
 
 
 def load_split(source, split, limit=None):
@@ -73,7 +95,39 @@ def _read_jpeg_npz(path, split, limit):
         images.append(decode_image(data[offsets[i] : offsets[i + 1]].tobytes()))
     if not images:
         return np.zeros((0,) + IMAGE_SHAPE, np.uint8), labels[:0]
+    shapes = sorted({image.shape for image in images})
+    if len(shapes) > 1:
+        raise ValueError(
+            f"The {split} images of {path!r} differ in size: {shapes}"
+        )
     return np.stack(images), labels[:count].astype(np.int64)
+
+
+def check_labels(labels, dataset, source):
+    """Raises `ValueError` unless `labels` fit `dataset`: every label in
+    `[0, num_classes)`, and, in a split large enough to show every class
+    (20 images per class), every class present, which tells CIFAR-10
+    records given as CIFAR-100 (only 10 labels seen).
+
+    Args:
+        labels: int array, one label per image.
+        dataset: str. A key of `DATASETS`.
+        source: str. Where the labels come from, for the message.
+    """
+    num_classes = DATASETS[dataset].num_classes
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"The labels of {source!r} must be 0..{num_classes - 1} for "
+            f"{dataset}. Received: labels from {low} to {high}"
+        )
+    seen = len(np.unique(labels))
+    if len(labels) >= 20 * num_classes and seen < num_classes:
+        raise ValueError(
+            f"{len(labels)} images of {source!r} hold only {seen} of the "
+            f"{num_classes} classes of {dataset} (labels {low}..{high}): "
+            "are they another data set's?"
+        )
 
 
 class RandomCropFlip(keras.layers.Layer):
@@ -196,18 +250,23 @@ class Cutout(keras.layers.Layer):
         return {**super().get_config(), "size": self.size, "seed": self.seed}
 
 
-def normalization():
-    """Per-channel `(x - mean) / std` with CIFAR-10's statistics."""
+def normalization(dataset):
+    """Per-channel `(x - mean) / std` of pixels in `[0, 255]`, with the
+    statistics of `dataset` (a key of `DATASETS`)."""
+    stats = DATASETS[dataset]
     return keras.layers.Normalization(
-        mean=MEAN, variance=[s * s for s in STD], name="normalize"
+        mean=[255.0 * m for m in stats.mean],
+        variance=[(255.0 * s) ** 2 for s in stats.std],
+        name="normalize",
     )
 
 
-def training_model(backbone, crop_padding=4, cutout=16):
+def training_model(backbone, dataset, crop_padding=4, cutout=16):
     """`backbone` behind the authors' augmentation and normalization.
 
     Args:
         backbone: a model on normalized `(32, 32, 3)` float32 images.
+        dataset: str. A key of `DATASETS` (the normalization).
         crop_padding: int. See `RandomCropFlip`.
         cutout: int. See `Cutout`.
 
@@ -216,11 +275,11 @@ def training_model(backbone, crop_padding=4, cutout=16):
     """
     images = keras.Input(IMAGE_SHAPE, name="images")
     x = RandomCropFlip(crop_padding, name="crop_flip")(images)
-    x = Cutout(cutout, name="cutout")(normalization()(x))
+    x = Cutout(cutout, name="cutout")(normalization(dataset)(x))
     return keras.Model(images, backbone(x), name=f"{backbone.name}_train")
 
 
-def inference_model(backbone):
+def inference_model(backbone, dataset):
     """`backbone` behind the normalization only (e.g. a fused copy)."""
     images = keras.Input(IMAGE_SHAPE, name="images")
-    return keras.Model(images, backbone(normalization()(images)))
+    return keras.Model(images, backbone(normalization(dataset)(images)))

@@ -1,6 +1,6 @@
 #!/bin/bash
 # The GPU numbers of the README, in one call of at most 10 minutes on one GPU
-# with JAX and no TensorFlow (the lent H100; see BUILD.md, "Numbers from a GPU").
+# with JAX and no TensorFlow (one H100; see BUILD.md, "Numbers from a GPU").
 #
 # Prepare here:   ../shared/tools/gpu-wheels.sh --data fast-histogram==0.14
 # Run there:      benchmarks/gpu_run.sh     (carry .whl and .gpu-data)
@@ -14,10 +14,9 @@
 # 3. benchmarks/mi_refresh.py: one SGS-MI refresh on 256 images, VGG-16 and
 #    ResNet-18, against the authors' estimator, stopped 570 s after the start.
 #
-# Tables and logs go to $OUT (the device tool's result folder; benchmarks/
-# results/gpu here when unset); the runs' JSON files in one archive, which
-# is written even when the study is stopped: each run's JSON holds its
-# finished epochs.
+# Tables and logs go to $OUT (benchmarks/results/gpu when unset); the runs'
+# JSON files in one archive, which is written even when the study is
+# stopped: each run's JSON holds its finished epochs.
 # Smaller settings for a local try: EPOCHS, ACCURACY_ARGS, STEP_ARGS,
 # MI_ARGS are added to the commands, DATA replaces the data file.
 set -euo pipefail

@@ -4,6 +4,7 @@ pipelines."""
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
 _FEATURES = {
@@ -41,6 +42,10 @@ class Task:
         tfds_manual_dir: str or `None`. tfds' manual download folder.
         defining_flags: tuple. The script's own flags that define a run,
             besides `train_flags.DEFINING_FLAGS`.
+        head: str. The VGG classifier (`keras_sgs.models.build_model`).
+        check_every_example: bool. `check_data` decodes every image and
+            reads every label (small data sets); otherwise the first
+            batch of the first file and the first example of the others.
     """
 
     name: str
@@ -60,6 +65,8 @@ class Task:
     label_offset: int = 0
     tfds_manual_dir: str = None
     defining_flags: tuple = ()
+    head: str = "linear"
+    check_every_example: bool = False
 
 
 @dataclasses.dataclass
@@ -220,11 +227,14 @@ def load_data(config, task):
 def check_data(data, task, batch_size):
     """Checks, before training, that the data fits the model and flags.
 
-    Decodes the first `batch_size` examples of the first file (or tfds
-    split) of the training and of the test data and the first example of
-    every other file, and checks that each image has the model's channels
-    (and its height and width when `task.exact_image_size`) and each label
-    is in `[0, num_classes)`.
+    Decodes every example when `task.check_every_example`, else the first
+    `batch_size` examples of the first file (or tfds split) of the
+    training and of the test data and the first example of every other
+    file, and checks that each image has the model's channels (and its
+    height and width when `task.exact_image_size`) and each label is in
+    `[0, num_classes)`. With every example read, the training data must
+    also show every class when it is large enough to (20 examples per
+    class): CIFAR-10 records given as CIFAR-100 show only 10.
 
     Raises:
         ValueError: naming the file (or split), the example and what was
@@ -236,40 +246,63 @@ def check_data(data, task, batch_size):
             f"({data.num_train} examples in {data.source}): use a smaller "
             "--batch_size or more data."
         )
-    height, width, channels = task.input_shape
     for parts in (data.train_parts, data.test_parts):
+        labels = []
         for index, (name, examples) in enumerate(parts):
-            try:
-                first = examples.take(batch_size if index == 0 else 1)
-                for position, (encoded, label) in enumerate(first):
-                    shape = tf.io.decode_image(
-                        encoded, expand_animations=False
-                    ).shape
-                    problem = None
-                    if shape[-1] != channels:
-                        problem = f"{shape[-1]} channels, not {channels}"
-                    elif task.exact_image_size and shape[:2] != (
-                        height,
-                        width,
-                    ):
-                        problem = (
-                            f"a {shape[0]}x{shape[1]} image, not "
-                            f"{height}x{width}"
-                        )
-                    elif not 0 <= int(label) < data.num_classes:
-                        problem = (
-                            f"label {int(label)}, outside [0, "
-                            f"{data.num_classes}) (--num_classes)"
-                        )
-                    if problem:
-                        raise ValueError(
-                            f"{name}: example {position} has {problem}."
-                        )
-            except tf.errors.OpError as error:
-                raise ValueError(
-                    f"{name} cannot be read as images with labels: "
-                    f"{error.message.splitlines()[0]}"
-                ) from None
+            if not task.check_every_example:
+                examples = examples.take(batch_size if index == 0 else 1)
+            labels.append(_check_examples(name, examples, task, data))
+        if parts is data.train_parts and task.check_every_example:
+            _check_classes(np.concatenate(labels), data)
+
+
+def _check_examples(name, examples, task, data):
+    """The labels of `examples`, each checked with its image's shape."""
+    height, width, channels = task.input_shape
+
+    def shape(encoded, label):
+        image = tf.io.decode_image(encoded, expand_animations=False)
+        return tf.shape(image), label
+
+    shapes, labels = [], []
+    try:
+        batches = examples.map(shape, num_parallel_calls=tf.data.AUTOTUNE)
+        for batch_shapes, batch_labels in batches.batch(4096):
+            shapes.append(batch_shapes.numpy())
+            labels.append(batch_labels.numpy())
+    except tf.errors.OpError as error:
+        raise ValueError(
+            f"{name} cannot be read as images with labels: "
+            f"{error.message.splitlines()[0]}"
+        ) from None
+    shapes = np.concatenate(shapes) if shapes else np.zeros((0, 3), int)
+    labels = np.concatenate(labels) if labels else np.zeros((0,), int)
+    for position, ((h, w, c), label) in enumerate(zip(shapes, labels)):
+        problem = None
+        if c != channels:
+            problem = f"{c} channels, not {channels}"
+        elif task.exact_image_size and (h, w) != (height, width):
+            problem = f"a {h}x{w} image, not {height}x{width}"
+        elif not 0 <= label < data.num_classes:
+            problem = (
+                f"label {label}, outside [0, {data.num_classes}) "
+                "(--num_classes)"
+            )
+        if problem:
+            raise ValueError(f"{name}: example {position} has {problem}.")
+    return labels
+
+
+def _check_classes(labels, data):
+    """Every class among `labels`, when there are 20 per class or more."""
+    seen = np.unique(labels)
+    if len(labels) >= 20 * data.num_classes and len(seen) < data.num_classes:
+        raise ValueError(
+            f"The {len(labels)} training examples of {data.source} hold "
+            f"only {len(seen)} of the {data.num_classes} classes (labels "
+            f"{seen.min()}..{seen.max()}): another data set's records? "
+            "(--dataset, --num_classes)"
+        )
 
 
 def shard_examples_if_few_files(dataset, num_files, num_workers):

@@ -6,13 +6,21 @@ batch 128, weight decay 5e-4 (PyTorch SGD's coupled decay, added after the
 SGS mask, on every trainable variable), 200 epochs, random crop (pad 4) +
 horizontal flip + cutout 16; SGS-MI refreshes the masks every 5 epochs
 after a warm-up epoch from 2 held-out batches (the first training images,
-without augmentation), k = 5. Without --data or --tfds_name it trains on
-the CIFAR-10 sample shipped in `data/cifar10_sample` (4000 training / 1000
-test images).
+without augmentation), k = 5. `--dataset` sets the classes, the
+normalization and the VGG classifier: for CIFAR-100 the authors' model
+has the 4096-4096 classifier of `weiaicunzai/pytorch-cifar100`
+(`--head=mlp`). Without --data or --tfds_name it trains on the CIFAR-10
+sample shipped in `data/cifar10_sample` (4000 training / 1000 test
+images). TFRecords may hold PNG or JPEG; their `image/class/label` is
+the label (CIFAR-100's fine label). Every image and label is checked
+before training: labels outside the classes, another data set's records
+(e.g. only 10 classes seen for CIFAR-100), images of another size.
 
 ```sh
 python3 examples/train_cifar.py --model=vgg11 --method=sgs_mi \
-    --tfds_name=cifar100 --output_dir=runs/vgg11_sgs_mi
+    --dataset=cifar100 --data='../shared/data/cifar100/train-*' \
+    --test_data='../shared/data/cifar100/test-*' \
+    --output_dir=runs/cifar100_vgg11_sgs_mi
 ```
 
 See `training.py` for what is written to --output_dir; a run started again
@@ -28,9 +36,22 @@ import training
 from absl import app
 from absl import flags
 
-# CIFAR-10 channel statistics (also used for CIFAR-100).
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
+# Per data set: classes, the training images' per-channel mean and
+# standard deviation, and the VGG classifier of the authors' model.
+DATASETS = {
+    "cifar10": (
+        10,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        "linear",
+    ),
+    "cifar100": (
+        100,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        "mlp",
+    ),
+}
 SAMPLE = pathlib.Path(__file__).resolve().parents[1] / "data" / "cifar10_sample"
 CUTOUT = 16
 
@@ -48,18 +69,42 @@ train_flags.define_flags(
         "the SGS mask) on every trainable variable.",
         "data": "TFRecord glob of the training images (tf.train.Example "
         "with image/encoded PNG or JPEG and image/class/label). Without it and "
-        "--tfds_name: the shipped sample data/cifar10_sample.",
+        "--tfds_name: the shipped sample data/cifar10_sample (cifar10 only).",
         "tfds_name": "cifar10 or cifar100 from tensorflow_datasets, instead "
         "of TFRecords (--data not given).",
-        "num_classes": "Number of classes. Defaults to the tfds metadata, "
-        "else 10.",
+        "num_classes": "Number of classes. Defaults to --dataset's.",
     },
 )
 flags.adopt_module_key_flags(train_flags)
+flags.DEFINE_enum(
+    "dataset",
+    None,
+    tuple(DATASETS),
+    "Sets the classes, the normalization and the default --head. Defaults "
+    "to --tfds_name, else cifar10.",
+)
+flags.DEFINE_enum(
+    "head",
+    None,
+    ("linear", "mlp"),
+    "The VGG classifier (keras_sgs.models.build_model). Defaults to the "
+    "authors' model: linear for cifar10, mlp for cifar100.",
+)
 flags.register_validator(
     "tfds_name",
     lambda name: name in (None, "cifar10", "cifar100"),
     "--tfds_name must be cifar10 or cifar100.",
+)
+flags.register_multi_flags_validator(
+    ["dataset", "tfds_name"],
+    lambda f: not f["dataset"] or f["tfds_name"] in (None, f["dataset"]),
+    "--tfds_name must name the same data set as --dataset.",
+)
+flags.register_multi_flags_validator(
+    ["dataset", "data", "tfds_name"],
+    lambda f: f["dataset"] != "cifar100" or f["data"] or f["tfds_name"],
+    "--dataset=cifar100 has no shipped sample: pass --data and --test_data "
+    "(e.g. '../shared/data/cifar100/train-*') or --tfds_name=cifar100.",
 )
 
 
@@ -88,41 +133,49 @@ def cutout(image, size):
     return image * tf.cast(~inside, image.dtype)[..., None]
 
 
-def augment(image, label):
-    """Random crop of the image padded by 4, flip, normalize, cutout."""
-    image = tf.image.pad_to_bounding_box(image, 4, 4, 40, 40)
-    image = tf.image.random_crop(image, (32, 32, 3))
-    image = tf.image.random_flip_left_right(image)
-    return cutout(pipelines.normalize(image, MEAN, STD), CUTOUT), label
+def make_task(dataset, head):
+    """The `pipelines.Task` of `dataset` (a key of `DATASETS`)."""
+    num_classes, mean, std, _ = DATASETS[dataset]
 
+    def augment(image, label):
+        """Random crop of the image padded by 4, flip, normalize, cutout."""
+        image = tf.image.pad_to_bounding_box(image, 4, 4, 40, 40)
+        image = tf.image.random_crop(image, (32, 32, 3))
+        image = tf.image.random_flip_left_right(image)
+        return cutout(pipelines.normalize(image, mean, std), CUTOUT), label
 
-def eval_decode(encoded, label):
-    """PNG or JPEG bytes to a normalized float32 image."""
-    image, label = decode(encoded, label)
-    return pipelines.normalize(image, MEAN, STD), label
+    def eval_decode(encoded, label):
+        """PNG or JPEG bytes to a normalized float32 image."""
+        image, label = decode(encoded, label)
+        return pipelines.normalize(image, mean, std), label
 
-
-TASK = pipelines.Task(
-    name="cifar",
-    input_shape=(32, 32, 3),
-    exact_image_size=True,
-    num_classes=10,
-    train_data=str(SAMPLE / "train.tfrecord"),
-    test_data=str(SAMPLE / "test.tfrecord"),
-    tfds_test_split="test",
-    train_decode=decode,
-    train_augment=augment,
-    eval_decode=eval_decode,
-    cache=True,
-    shuffle_buffer=50_000,
-    lr_reference_batch=None,
-    decay_kernels_only=False,
-)
+    return pipelines.Task(
+        name="cifar",
+        input_shape=(32, 32, 3),
+        exact_image_size=True,
+        num_classes=num_classes,
+        train_data=str(SAMPLE / "train.tfrecord"),
+        test_data=str(SAMPLE / "test.tfrecord"),
+        tfds_test_split="test",
+        train_decode=decode,
+        train_augment=augment,
+        eval_decode=eval_decode,
+        cache=True,
+        shuffle_buffer=50_000,
+        lr_reference_batch=None,
+        decay_kernels_only=False,
+        head=head,
+        check_every_example=True,
+        defining_flags=("dataset", "head"),
+    )
 
 
 def main(argv):
     del argv
-    training.train(flags.FLAGS, TASK)
+    config = flags.FLAGS
+    config.dataset = config.dataset or config.tfds_name or "cifar10"
+    config.head = config.head or DATASETS[config.dataset][3]
+    training.train(config, make_task(config.dataset, config.head))
 
 
 if __name__ == "__main__":

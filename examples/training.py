@@ -224,6 +224,7 @@ def train(config, task):
             conv_type=CONV_TYPES.get(config.method, "plain"),
             input_shape=task.input_shape,
             width=config.width,
+            head=task.head,
         )
         compile_model(
             model,

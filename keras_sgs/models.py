@@ -18,6 +18,7 @@ from keras_sgs.reparam import ACBlock
 from keras_sgs.reparam import RepVGGBlock
 
 CONV_TYPES = ("plain", "acb", "repvgg")
+HEADS = ("linear", "mlp")
 
 _VGG_CONFIGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -40,13 +41,23 @@ _BOTTLENECK_EXPANSION = 4
 
 
 def build_model(
-    name, num_classes, conv_type="plain", input_shape=None, width=1.0
+    name,
+    num_classes,
+    conv_type="plain",
+    input_shape=None,
+    width=1.0,
+    head="linear",
 ):
     """Builds one of the paper's models as a Functional model.
 
     - `"vgg11"`, `"vgg16"`: CIFAR VGG with BatchNormalization (conv widths
       `[64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M]` for VGG-11),
-      then `Flatten` and one `Dense` classifier.
+      then `Flatten` and the classifier `head`: one `Dense` layer
+      (`"linear"`), or `"mlp"`, the three-layer classifier of the VGGs of
+      `weiaicunzai/pytorch-cifar100` (the authors' CIFAR-100 models):
+      `Dense(4096)`, ReLU, `Dropout(0.5)`, `Dense(4096)`, ReLU,
+      `Dense(num_classes)`, initialized as PyTorch's `nn.Linear` (weights
+      and biases uniform in `+-1/sqrt(fan_in)`).
     - `"resnet18"`: CIFAR ResNet-18, a 3x3 stem without max-pooling, basic
       blocks `[2, 2, 2, 2]` of widths 64 to 512.
     - `"imagenet_resnet18"`, `"imagenet_resnet50"`: the standard ImageNet
@@ -64,6 +75,7 @@ def build_model(
     ```python
     model = keras_sgs.models.build_model("resnet18", 100)
     small = keras_sgs.models.build_model("vgg11", 10, "acb", width=0.25)
+    wei = keras_sgs.models.build_model("vgg11", 100, head="mlp")
     ```
 
     Args:
@@ -74,8 +86,12 @@ def build_model(
         input_shape: optional tuple `(height, width, channels)`. Defaults
             to `(32, 32, 3)` for the CIFAR models and `(224, 224, 3)` for
             the ImageNet ones.
-        width: float. Multiplies every conv's channel count (rounded, at
-            least 1), e.g. 0.25 for quick CPU tests. Defaults to 1.0.
+        width: float. Multiplies every conv's channel count and the
+            hidden units of the `"mlp"` head (rounded, at least 1), e.g.
+            0.25 for quick CPU tests. Defaults to 1.0.
+        head: str. The VGGs' classifier, `"linear"` or `"mlp"` (see
+            above); the ResNets' is always `"linear"` (global average
+            pooling and one `Dense`). Defaults to `"linear"`.
 
     Returns:
         A `keras.Model` named `name`.
@@ -94,6 +110,12 @@ def build_model(
             "`num_classes` must be a positive int. Received: "
             f"num_classes={num_classes!r}"
         )
+    if head not in HEADS or (head != "linear" and name not in _VGG_CONFIGS):
+        choices = HEADS if name in _VGG_CONFIGS else ("linear",)
+        raise ValueError(
+            f"`head` must be one of {choices} for {name!r}. Received: "
+            f"head={head!r}"
+        )
     if not isinstance(width, (int, float)) or not width > 0:
         raise ValueError(
             f"`width` must be a positive number. Received: width={width!r}"
@@ -109,14 +131,43 @@ def build_model(
     if name in _VGG_CONFIGS:
         x = _vgg_features(inputs, _VGG_CONFIGS[name], channels, conv_type)
         x = keras.layers.Flatten(name="flatten")(x)
+        if head == "mlp":
+            x = _mlp_head(x, channels(4096))
     else:
         kind, stages, imagenet_stem = _RESNET_CONFIGS[name]
         x = _resnet_features(
             inputs, kind, stages, imagenet_stem, channels, conv_type
         )
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    outputs = keras.layers.Dense(num_classes, name="predictions")(x)
+    if head == "mlp":
+        dense = _torch_linear(num_classes, x.shape[-1], name="predictions")
+        outputs = dense(x)
+    else:
+        outputs = keras.layers.Dense(num_classes, name="predictions")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _torch_linear(units, fan_in, name):
+    """A `Dense` layer initialized as PyTorch's `nn.Linear`: weights and
+    biases uniform in `[-1/sqrt(fan_in), 1/sqrt(fan_in)]`."""
+    bound = fan_in**-0.5
+    return keras.layers.Dense(
+        units,
+        kernel_initializer=keras.initializers.VarianceScaling(
+            1 / 3, mode="fan_in", distribution="uniform"
+        ),
+        bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+        name=name,
+    )
+
+
+def _mlp_head(x, hidden):
+    """`Dense(hidden)`, ReLU, `Dropout(0.5)`, `Dense(hidden)`, ReLU: the
+    VGG classifier of `weiaicunzai/pytorch-cifar100` before its last
+    layer."""
+    x = _torch_linear(hidden, x.shape[-1], name="fc1")(x)
+    x = keras.layers.Dropout(0.5, name="fc1_dropout")(_relu(x, "fc1"))
+    return _relu(_torch_linear(hidden, hidden, name="fc2")(x), "fc2")
 
 
 def conv_bn(x, filters, kernel_size, strides=1, conv_type="plain", name=None):

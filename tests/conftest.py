@@ -14,8 +14,9 @@ if os.environ.get("KERAS_BACKEND") == "torch":
 
 import keras
 
-CIFAR10_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-CIFAR10_DIR = CIFAR10_DIR / "cifar10"
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+CIFAR10_DIR = SHARED_DATA / "cifar10"
+CIFAR100_DIR = SHARED_DATA / "cifar100"  # PNG, fine labels
 BACKEND = keras.backend.backend()
 
 if BACKEND == "tensorflow":

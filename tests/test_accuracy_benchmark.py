@@ -1,7 +1,8 @@
 """`benchmarks/accuracy.py` and its CIFAR pipeline (`benchmarks/cifar.py`):
-the augmentation layers against numpy, a smoke run of the study on this
-backend (without TensorFlow unless the backend is TensorFlow), and its
-errors on bad input."""
+the augmentation layers against numpy, the CIFAR-100 records against the
+published statistics, a smoke run of the study on CIFAR-100 on this
+backend (without TensorFlow unless the backend is TensorFlow), its table,
+its errors on bad input, and the GPU scripts on JAX without TensorFlow."""
 
 import io
 import json
@@ -16,11 +17,17 @@ import numpy as np
 import pytest
 from conftest import BACKEND
 from conftest import CIFAR10_DIR
+from conftest import CIFAR100_DIR
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import accuracy  # noqa: E402
 import cifar  # noqa: E402
+from epochs_that_fit import epochs_that_fit  # noqa: E402
+
+CIFAR100_TRAIN = str(CIFAR100_DIR / "train-00000-of-00008.tfrecord")
+CIFAR100_TEST = str(CIFAR100_DIR / "test-00000-of-00002.tfrecord")
 
 SMOKE = [
     "--epochs=3",
@@ -102,19 +109,43 @@ def run_study(*args, expect_returncode=0):
     return output
 
 
-def test_smoke_run_writes_runs_and_table(tmp_path):
+def test_cifar100_records_have_the_published_statistics_and_fine_labels():
+    """The shared PNG records decode without TensorFlow to CIFAR-100's
+    pixels: one shard's channel statistics are those of `DATASETS`, which
+    are CIFAR-100's and not CIFAR-10's; every fine label occurs."""
+    images, labels = cifar.load_split(CIFAR100_TRAIN, "train")
+    assert images.shape == (6250, 32, 32, 3) and images.dtype == np.uint8
+    assert labels.dtype == np.int64 and set(labels) == set(range(100))
+    pixels = images.reshape(-1, 3) / 255.0
+    stats = cifar.DATASETS["cifar100"]
+    np.testing.assert_allclose(pixels.mean(0), stats.mean, atol=0.005)
+    np.testing.assert_allclose(pixels.std(0), stats.std, atol=0.005)
+    assert cifar.DATASETS["cifar100"].num_classes == 100
+
+
+def test_smoke_run_on_cifar100_writes_runs_and_table(tmp_path):
     table = tmp_path / "accuracy.md"
     output = run_study(
-        *SMOKE, "--methods=baseline,sgs_mi", "--parallel=2", f"--output={table}"
+        *SMOKE,
+        "--dataset=cifar100",
+        f"--data={CIFAR100_TRAIN}",
+        f"--test_data={CIFAR100_TEST}",
+        "--methods=baseline,sgs_mi",
+        "--parallel=2",
+        f"--output={table}",
     )
+    assert "cifar100: vgg11 (mlp head, width 0.125), 3 epochs" in output
     assert "vgg11 sgs_mi seed 0: test top-1" in output
     text = table.read_text()
     assert f"KERAS_BACKEND={BACKEND}" in text
+    assert "256 training / 200 test images of cifar100" in text
     assert "| baseline | 1 |" in text and "| sgs_mi | 1 |" in text
-    assert "89.06 ± 0.18" in text  # the authors' reference
+    assert "70.8 ± 0.1" in text  # the paper's reference
     for method in ("baseline", "sgs_mi"):
         with open(tmp_path / "accuracy" / f"vgg11_{method}_seed0.json") as f:
             run = json.load(f)
+        assert run["dataset"] == "cifar100" and run["num_classes"] == 100
+        assert run["head"] == "mlp"
         assert run["device"].startswith(BACKEND)
         assert 0.0 <= run["test_top1"] <= 1.0
         assert len(run["train_loss"]) == 3 and np.all(
@@ -131,8 +162,68 @@ def test_smoke_run_writes_runs_and_table(tmp_path):
     np.testing.assert_allclose(masks.mean(axis=(1, 2)), 1, rtol=1e-5)
 
 
+def test_check_labels_refuses_labels_of_another_data_set():
+    ten_classes = np.arange(2000) % 10
+    with pytest.raises(ValueError, match="hold only 10 of the 100 classes"):
+        cifar.check_labels(ten_classes, "cifar100", "records")
+    # 1000 images are too few to tell (fewer than 20 per class).
+    cifar.check_labels(ten_classes[:1000], "cifar100", "records")
+    cifar.check_labels(ten_classes, "cifar10", "records")
+    with pytest.raises(ValueError, match=r"must be 0\.\.99 for cifar100"):
+        cifar.check_labels(np.array([0, 100]), "cifar100", "records")
+    with pytest.raises(ValueError, match="Received: labels from -1 to 3"):
+        cifar.check_labels(np.array([-1, 3]), "cifar10", "records")
+
+
+def test_table_sets_each_method_against_the_baseline():
+    def run(method, seed, top1, seconds, refreshes=()):
+        return {
+            "dataset": "cifar100",
+            "model": "vgg11",
+            "head": "mlp",
+            "width": 1.0,
+            "epochs": 200,
+            "device": "jax, NVIDIA H100",
+            "method": method,
+            "seed": seed,
+            "test_top1": top1,
+            "seconds_per_epoch": seconds,
+            "mi_refresh_seconds": list(refreshes),
+        }
+
+    results = [
+        run("baseline", 0, 0.70, 10.0),
+        run("baseline", 1, 0.72, 12.0),
+        run("sgs_mi", 0, 0.73, 10.4, (3.0, 0.5, 0.7)),
+        run("sgs_mi", 1, 0.74, 11.2, (2.0, 0.6, 0.8)),
+    ]
+    lines = accuracy.table(results, 50000, 10000).splitlines()
+    assert "of cifar100" in lines[0] and "(mlp head, width 1.0)" in lines[0]
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in lines[4:]}
+    # Means 71.00 and 73.50: +2.50 points; medians 11.0 and 10.8 s.
+    assert rows["| baseline"][2:5] == ["71.00 ± 1.41", "", ""]
+    assert rows["| sgs_mi"][2:4] == ["73.50 ± 0.71", "+2.50"]
+    assert rows["| sgs_mi"][5:7] == ["10.80", "0.982"]
+    # First refreshes 3.0, 2.0 (median 2.5); warm 0.5-0.8 (median 0.65).
+    assert rows["| sgs_mi"][7:10] == ["3", "2.50", "0.65"]
+    assert "| paper: baseline |  | 70.8 ± 0.1 |" in lines[-2]
+    assert "| paper: SGS |  | 73.2 ± 0.1 |" in lines[-1]
+
+
+def test_epochs_that_fit_from_a_timed_calibration():
+    # 2 epochs of the slowest run: 5 s then 3 s steady. The calibration
+    # took 40 s: 34 s fixed. 334 s left: (334 - 34) * 0.95 / 3 = 95.
+    runs = [{"epoch_seconds": [5.0, 3.0]}, {"epoch_seconds": [4.0, 2.5]}]
+    assert epochs_that_fit(runs, 40.0, 334.0, 200) == 95
+    assert epochs_that_fit(runs, 40.0, 334.0, 60) == 60
+    assert epochs_that_fit(runs, 40.0, 20.0, 200) == 1
+    with pytest.raises(ValueError, match="at least 2 epochs"):
+        epochs_that_fit([{"epoch_seconds": [5.0]}], 40.0, 334.0, 200)
+
+
 def jpeg_npz(path, images, labels=None):
-    """The compact format of `gpu-wheels.sh --data`, both splits."""
+    """The compact format of `gpu-wheels.sh --data`, both splits; `images`
+    may differ in size."""
     from PIL import Image
 
     blobs = []
@@ -176,6 +267,20 @@ def test_reads_the_compact_npz(tmp_path):
         ),
         (["--test_data={bad}"], "bad.tfrecord is not a TFRecord file"),
         (["--data={npz_labels}"], "labels of"),
+        (
+            ["--data={npz_sizes}"],
+            "The train images of '{npz_sizes}' differ in size: [(28, 28, 3), "
+            "(32, 32, 3)]",
+        ),
+        (
+            [
+                "--dataset=cifar100",
+                "--data={cifar10}",
+                "--train_images=2000",
+            ],
+            "The train labels do not fit --dataset=cifar100: 2000 images of "
+            "'{cifar10}' hold only 10 of the 100 classes of cifar100",
+        ),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, args, message):
@@ -185,22 +290,27 @@ def test_bad_input_fails_before_training(tmp_path, args, message):
         np.zeros((12, 32, 32, 3), np.uint8),
         labels=np.arange(12),
     )
+    jpeg_npz(
+        tmp_path / "sizes.npz",
+        [np.zeros((32, 32, 3), np.uint8)] * 2
+        + [np.zeros((28, 28, 3), np.uint8)],
+    )
     (tmp_path / "bad.tfrecord").write_bytes(b"not a record file")
-    args = [
-        a.format(
-            npz64=tmp_path / "64.npz",
-            bad=tmp_path / "bad.tfrecord",
-            npz_labels=tmp_path / "labels.npz",
-        )
-        for a in args
-    ]
+    names = dict(
+        npz64=tmp_path / "64.npz",
+        bad=tmp_path / "bad.tfrecord",
+        npz_labels=tmp_path / "labels.npz",
+        npz_sizes=tmp_path / "sizes.npz",
+        cifar10=CIFAR10_DIR / "train-00000-of-00008.tfrecord",
+    )
+    args = [a.format(**names) for a in args]
     output = run_study(
         *SMOKE,
         *args,
         f"--output={tmp_path / 'accuracy.md'}",
         expect_returncode=1,
     )
-    assert message in output
+    assert message.format(**names) in output
     assert not (tmp_path / "accuracy").exists()
 
 
@@ -245,6 +355,46 @@ def test_gpu_script_runs_without_tensorflow(tmp_path):
     assert (
         "TensorFlow is not installed here" not in (out / "log.txt").read_text()
     )
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the GPU machine runs JAX")
+def test_cifar100_gpu_script_calibrates_and_runs_without_tensorflow(
+    tmp_path,
+):
+    """`benchmarks/gpu_run_cifar100.sh` as on the GPU machine, on tiny
+    settings: the timed calibration, the epochs it fits, the study."""
+    from keras_sgs.tfrecords import read_image_records
+
+    images, labels = read_image_records(CIFAR100_TRAIN, limit=300)
+    jpeg_npz(tmp_path / "cifar100.npz", images, labels)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO / "tests" / "no_tensorflow"),
+        OUT=str(tmp_path / "out"),
+        DATA=str(tmp_path / "cifar100.npz"),
+        METHODS="baseline",
+        SEEDS="0",
+        MAX_EPOCHS="2",
+        ACCURACY_ARGS="--train_images=256 --test_images=100 --width=0.125",
+    )
+    process = subprocess.run(
+        [str(REPO / "benchmarks" / "gpu_run_cifar100.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert process.returncode == 0, (process.stdout + process.stderr)[-5000:]
+    out = tmp_path / "out"
+    log = (out / "log.txt").read_text()
+    assert "s left: 2 epochs" in log  # the calibration, capped
+    assert "TensorFlow is not installed here" not in log
+    text = (out / "accuracy.md").read_text()
+    assert "--dataset=cifar100" in text and "--epochs=2" in text
+    assert "vgg11 (mlp head, width 0.125), 2 epochs" in text
+    with tarfile.open(out / "accuracy_runs.tgz") as archive:
+        names = set(archive.getnames())
+    assert "accuracy/vgg11_baseline_seed0.json" in names
 
 
 def test_a_run_writes_its_progress_every_epoch(tmp_path):
