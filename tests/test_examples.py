@@ -15,6 +15,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import CIFAR100_DIR
 from conftest import tensorflow_only
 
 from keras_sgs.plotting import model_masks
@@ -330,6 +331,9 @@ def test_tfds_datasets(script, name, classes, method, tmp_path):
     results = check_outputs(tmp_path, method, weight_decay=weight_decay)
     assert results["data"] == f"tfds:{name}"
     assert results["num_classes"] == classes
+    if name == "cifar100":  # the authors' CIFAR-100 model
+        model = keras.saving.load_model(tmp_path / "model.keras")
+        assert model.get_layer("fc1").units == 512  # 4096 at width 1/8
     assert results["train_examples"] == 48  # counted: the mock has no splits
     if method == "sgs_mi":
         check_sgs_mi_refreshed(results, read_json(tmp_path / "history.json"))
@@ -470,6 +474,82 @@ def bad_data_output(tmp_path, train, test, *flags):
     return output, paths
 
 
+def test_train_cifar_on_cifar100_png_records(tmp_path):
+    """--dataset=cifar100 on real CIFAR-100 images as PNG records: 100
+    classes, the authors' classifier, CIFAR-100's normalization."""
+    from keras_sgs.tfrecords import read_image_records
+
+    images, labels = read_image_records(
+        str(CIFAR100_DIR / "train-00000-of-00008.tfrecord"), limit=160
+    )
+    for name, part in [("train", slice(0, 128)), ("test", slice(128, 160))]:
+        write_image_records(
+            tmp_path / f"{name}.tfrecord",
+            images[part],
+            labels[part],
+            encode="png",
+        )
+    output_dir = tmp_path / "out"
+    run_script(
+        "train_cifar.py",
+        "--dataset=cifar100",
+        f"--data={tmp_path / 'train.tfrecord'}",
+        f"--test_data={tmp_path / 'test.tfrecord'}",
+        "--method=sgs_mi",
+        *TINY,
+        f"--output_dir={output_dir}",
+    )
+    results = check_outputs(output_dir, "sgs_mi")
+    assert results["num_classes"] == 100
+    check_sgs_mi_refreshed(results, read_json(output_dir / "history.json"))
+    model = keras.saving.load_model(output_dir / "model.keras")
+    assert model.output_shape == (None, 100)
+    assert model.get_layer("fc1").units == 512  # 4096 at width 1/8
+    flags = read_json(output_dir / "run_flags.json")["flags"]
+    assert (flags["dataset"], flags["head"]) == ("cifar100", "mlp")
+
+
+def test_cifar10_records_as_cifar100_are_refused_before_training(tmp_path):
+    output = run_script(
+        "train_cifar.py",
+        "--dataset=cifar100",
+        f"--data={SAMPLE / 'train.tfrecord'}",
+        f"--test_data={SAMPLE / 'test.tfrecord'}",
+        *TINY,
+        f"--output_dir={tmp_path}",
+        expect_returncode=1,
+    )
+    assert "Epoch 1/" not in output
+    assert (
+        f"The 4000 training examples of {SAMPLE / 'train.tfrecord'} hold "
+        "only 10 of the 100 classes (labels 0..9)"
+    ) in output
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--dataset=cifar100"],
+            "--dataset=cifar100 has no shipped sample: pass --data",
+        ),
+        (
+            ["--dataset=cifar100", "--tfds_name=cifar10"],
+            "--tfds_name must name the same data set as --dataset",
+        ),
+    ],
+)
+def test_dataset_flag_errors(flags, message, tmp_path):
+    output = run_script(
+        "train_cifar.py",
+        *flags,
+        *TINY,
+        f"--output_dir={tmp_path}",
+        expect_returncode=1,
+    )
+    assert message in output
+
+
 def test_wrong_image_size_is_refused_before_training(sample_images, tmp_path):
     import tensorflow as tf
 
@@ -480,6 +560,24 @@ def test_wrong_image_size_is_refused_before_training(sample_images, tmp_path):
     )
     assert (
         f"--data file {paths[0]}: example 0 has a 64x64 image, not 32x32"
+        in output
+    )
+
+
+def test_a_smaller_image_after_the_first_batch_is_refused(
+    sample_images, tmp_path
+):
+    """Every CIFAR image is checked, not only the first batch."""
+    import tensorflow as tf
+
+    images, labels = sample_images
+    train = list(images[:32])
+    train[20] = tf.cast(tf.image.resize(images[20], (28, 28)), tf.uint8).numpy()
+    output, paths = bad_data_output(
+        tmp_path, (train, labels[:32]), (images[32:], labels[32:])
+    )
+    assert (
+        f"--data file {paths[0]}: example 20 has a 28x28 image, not 32x32"
         in output
     )
 

@@ -34,6 +34,38 @@ def test_parameter_counts(name, num_classes, expected):
     assert trainable_count(models.build_model(name, num_classes)) == expected
 
 
+def test_mlp_head_is_the_cifar100_vgg_classifier(cifar10_train):
+    """`head="mlp"`: the VGG-11-BN of `weiaicunzai/pytorch-cifar100` with
+    100 classes, 28,518,244 trainable parameters in PyTorch (its 2752 conv
+    biases apart), Dense layers initialized as `nn.Linear`, dropout in
+    training only."""
+    model = models.build_model("vgg11", 100, head="mlp")
+    assert trainable_count(model) == 28_518_244 - 2752
+    units = [layer.units for layer in layers_of(model, keras.layers.Dense)]
+    assert units == [4096, 4096, 100]
+    for layer in layers_of(model, keras.layers.Dense):
+        bound = layer.kernel.shape[0] ** -0.5
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        bias = keras.ops.convert_to_numpy(layer.bias)
+        assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
+        # Uniform in [-bound, bound]: standard deviation bound / sqrt(3).
+        np.testing.assert_allclose(kernel.std(), bound / 3**0.5, rtol=0.02)
+        assert bias.std() > bound / 3
+    assert [layer.rate for layer in layers_of(model, keras.layers.Dropout)] == [
+        0.5
+    ]
+    small = models.build_model("vgg11", 100, head="mlp", width=0.125)
+    units = [layer.units for layer in layers_of(small, keras.layers.Dense)]
+    assert units == [512, 512, 100]
+    images = cifar10_train[0][:4]
+    np.testing.assert_array_equal(
+        small(images, training=False), small(images, training=False)
+    )
+    assert not np.allclose(
+        small(images, training=True), small(images, training=True)
+    )
+
+
 def test_resnet50_matches_keras_applications():
     """Same layers and shapes as `keras.applications.ResNet50`, except that
     its convs have a bias (53 convs, 26560 parameters) and its stride-2
@@ -115,6 +147,11 @@ def test_strided_convs_pad_symmetrically():
         ({"num_classes": 0}, r"num_classes=0"),
         ({"width": 0}, r"width=0"),
         ({"width": "half"}, r"width='half'"),
+        ({"head": "conv"}, r"\('linear', 'mlp'\) for 'vgg11'.*head='conv'"),
+        (
+            {"name": "resnet18", "head": "mlp"},
+            r"\('linear',\) for 'resnet18'. Received: head='mlp'",
+        ),
     ],
 )
 def test_bad_arguments(kwargs, match):

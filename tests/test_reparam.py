@@ -218,6 +218,16 @@ def test_fuse_model_equals_branched_model(cifar10_train, name, conv_type):
     assert relative_error(fused(images, training=False), expected) < 1e-4
 
 
+def test_fuse_model_keeps_the_mlp_head(cifar10_train):
+    images = cifar10_train[0][:8]
+    model = models.build_model("vgg11", 100, "acb", width=0.125, head="mlp")
+    randomize_batch_norms(model)
+    fused = reparam.fuse_model(model)
+    assert fused.get_layer("fc1_dropout").rate == 0.5
+    expected = model(images, training=False)
+    assert relative_error(fused(images, training=False), expected) < 1e-4
+
+
 def test_fuse_model_after_training(cifar10_train):
     images, labels = cifar10_train
     model = models.build_model("vgg11", 10, "acb", width=0.125)
