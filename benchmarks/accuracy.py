@@ -50,6 +50,7 @@ import multiprocessing
 import os
 import pathlib
 import statistics
+import sys
 import tempfile
 import time
 
@@ -162,6 +163,13 @@ flags.DEFINE_integer(
     lower_bound=1,
 )
 flags.DEFINE_integer("verbose", 0, "Keras verbosity of each run (0, 1, 2).")
+flags.DEFINE_bool(
+    "retabulate",
+    False,
+    "Train nothing: write --output's table again from the finished runs' "
+    "JSON files in its folder (e.g. after a change to the table), keeping "
+    "the command that trained them.",
+)
 flags.DEFINE_string(
     "output",
     str(REPO / "benchmarks" / "results" / "accuracy.md"),
@@ -172,6 +180,9 @@ flags.DEFINE_string(
 
 def main(argv):
     del argv
+    if FLAGS.retabulate:
+        retabulate(FLAGS.output)
+        return
     methods, seeds = check_flags()
     default_head, default_epochs = RECIPES[FLAGS.dataset]
     FLAGS.head = FLAGS.head or default_head
@@ -240,6 +251,27 @@ def main(argv):
     write_table(
         FLAGS.output, table(results, len(train_images), len(test_images))
     )
+
+
+def retabulate(output):
+    """Writes `output`'s table again from the finished runs in its folder;
+    the first line keeps the command that trained them."""
+    runs_dir = pathlib.Path(output).with_suffix("")
+    results = []
+    for path in sorted(runs_dir.glob("*.json")):
+        with open(path) as f:
+            run = json.load(f)
+        if run.get("finished"):
+            results.append(run)
+    if not results:
+        raise app.UsageError(f"{runs_dir} holds no finished run.")
+    first = results[0]
+    text = table(results, first["train_images"], first["test_images"])
+    command = pathlib.Path(output).read_text().splitlines()[0]
+    again = " ".join(["python3", os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    with open(output, "w") as f:
+        f.write(f"{command}\nTabulated again by `{again}`.\n\n{text}\n")
+    print(text)
 
 
 def check_flags():
@@ -523,6 +555,33 @@ def reference_lines(dataset, model, epochs, width):
     return ["", f"Reference (width 1): {'; '.join(notes)}."]
 
 
+def mask_pattern(runs):
+    """A line on the learned 3x3 masks of `runs` against the paper's
+    figure (centre largest, the cross above the corners), with their mean
+    over layers and runs; "" without 3x3 masks."""
+    masks = np.array(
+        [
+            mask
+            for r in runs
+            for mask in r.get("masks", {}).values()
+            if np.shape(mask) == (3, 3)
+        ]
+    )
+    if not len(masks):
+        return ""
+    flat = masks.reshape(len(masks), 9)
+    cross = flat[:, [1, 3, 5, 7]]
+    corners = flat[:, [0, 2, 6, 8]]
+    centre_largest = int(np.sum(flat.argmax(axis=1) == 4))
+    cross_above = int(np.sum(cross.min(axis=1) > corners.max(axis=1)))
+    mean = np.round(masks.mean(axis=0), 2).tolist()
+    return (
+        f"Learned 3x3 masks ({len(masks)}: layers x runs): centre largest "
+        f"in {centre_largest}, every cross value above every corner in "
+        f"{cross_above}; mean mask {mean}."
+    )
+
+
 def table(results, train_images, test_images):
     """The markdown table of `results` (one dict per run)."""
     by_method = {}
@@ -566,7 +625,8 @@ def table(results, train_images, test_images):
     lines += reference_lines(
         first["dataset"], first["model"], first["epochs"], first["width"]
     )
-    return "\n".join(lines)
+    pattern = mask_pattern(by_method.get("sgs_mi", []))
+    return "\n".join(lines + (["", pattern] if pattern else []))
 
 
 if __name__ == "__main__":

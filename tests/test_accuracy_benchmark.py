@@ -160,6 +160,14 @@ def test_smoke_run_on_cifar100_writes_runs_and_table(tmp_path):
     masks = np.array(list(run["masks"].values()))
     assert masks.shape == (8, 3, 3) and not np.allclose(masks, 1)
     np.testing.assert_allclose(masks.mean(axis=(1, 2)), 1, rtol=1e-5)
+    assert "Learned 3x3 masks (8: layers x runs): centre largest in" in text
+    # The table again from the runs' files, under the training command.
+    table.write_text(text.replace("| sgs_mi |", "| edited |"))
+    accuracy.retabulate(str(table))
+    again = table.read_text().splitlines()
+    assert again[0] == text.splitlines()[0] and "--parallel=2" in again[0]
+    assert again[1].startswith("Tabulated again by `python3 ")
+    assert "\n".join(again[3:]) == "\n".join(text.splitlines()[2:])
 
 
 def test_check_labels_refuses_labels_of_another_data_set():
@@ -208,6 +216,21 @@ def test_table_sets_each_method_against_the_baseline():
     assert rows["| sgs_mi"][7:10] == ["3", "2.50", "0.65"]
     assert "| paper: baseline |  | 70.8 ± 0.1 |" in lines[-2]
     assert "| paper: SGS |  | 73.2 ± 0.1 |" in lines[-1]
+
+
+def test_mask_pattern_against_the_papers_figure():
+    paper_like = [[0.5, 0.9, 0.5], [0.9, 4.4, 0.9], [0.5, 0.9, 0.5]]
+    corner_heavy = [[1.2, 0.5, 1.0], [0.5, 3.0, 0.5], [1.0, 0.5, 0.8]]
+    runs = [
+        {"masks": {"conv1": paper_like, "conv2": corner_heavy}},
+        {"masks": {"conv1": paper_like, "stem": [[1.0]]}},  # not 3x3
+    ]
+    assert accuracy.mask_pattern(runs) == (
+        "Learned 3x3 masks (3: layers x runs): centre largest in 3, every "
+        "cross value above every corner in 2; mean mask [[0.73, 0.77, 0.67], "
+        "[0.77, 3.93, 0.77], [0.67, 0.77, 0.6]]."
+    )
+    assert accuracy.mask_pattern([{"masks": {}}]) == ""
 
 
 def test_epochs_that_fit_from_a_timed_calibration():
