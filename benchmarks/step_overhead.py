@@ -1,4 +1,4 @@
-"""Train-step cost of SGSWrapper against its inner optimizer and ACB branches.
+"""Train-step cost of SGSWrapper against its inner optimizer and branches.
 
 One process, for each of `--models` (CIFAR models of `keras_sgs.models`;
 by default a narrow VGG-11), one batch of real CIFAR-10 images; the
@@ -12,7 +12,9 @@ with the inner optimizer alone:
   `SGSWrapper(SGD(0.1, momentum=0.9), coupled_weight_decay=5e-4)`, ACB mask;
 - `ACB branches`: every 3x3 conv-BN replaced by a `keras_sgs.reparam.ACBlock`
   (3x3 + 1x3 + 3x1 convs, each with BatchNormalization, summed: ACNet),
-  trained with the plain SGD.
+  trained with the plain SGD;
+- `RepVGG branches`: every 3x3 conv-BN a `keras_sgs.reparam.RepVGGBlock`
+  (3x3 + 1x1 + identity, each with BatchNormalization), plain SGD.
 
     KERAS_BACKEND=tensorflow python benchmarks/step_overhead.py
     # the paper's shapes, e.g. on a GPU:
@@ -82,6 +84,7 @@ def variants(name):
             ),
         ),
         "ACB branches": ("acb", sgd),
+        "RepVGG branches": ("repvgg", sgd),
     }
     models = {}
     for variant, (conv_type, make_optimizer) in specs.items():
