@@ -362,6 +362,7 @@ class SGSWrapper(keras.optimizers.Optimizer):
                         ),
                         dtype="float32",
                         aggregation="only_first_replica",
+                        layout=_mask_layout(value.shape, variable),
                         name=f"{variable.path.replace('/', '_')}_sgs_mask",
                     )
                 )
@@ -453,6 +454,10 @@ class SGSWrapper(keras.optimizers.Optimizer):
             variable.assign(weight)
 
     def load_own_variables(self, store):
+        if not self.built:
+            # Nothing to load into. Keras loads the inner optimizer's own
+            # entry next, which warns once, as for a plain optimizer.
+            return
         # The state of a plain optimizer (`SGD`, saved without masks) is the
         # inner optimizer's state; the masks keep their values.
         if (
@@ -758,6 +763,31 @@ class SGSWrapper(keras.optimizers.Optimizer):
 
 
 SpatialGradientScaling = SGSWrapper
+
+
+def _mask_layout(mask_shape, kernel):
+    """The layout of a kernel's mask under a `keras.distribution` (JAX's
+    `DataParallel`, `ModelParallel`), `None` without one.
+
+    Each axis that the mask shares in full with its kernel (the last axis
+    of a per-output-channel mask) is sharded as the kernel's is; every
+    other axis is replicated. Given explicitly, so that a `LayoutMap` key
+    matching the kernel's path (e.g. `.*conv.*kernel.*`) never matches the
+    mask's (`sgd/conv_kernel_sgs_mask`).
+    """
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return None
+    kernel_axes = getattr(
+        distribution.get_variable_layout(kernel), "axes", None
+    ) or (None,) * len(kernel.shape)
+    axes = [
+        axis if size == kernel_size else None
+        for axis, size, kernel_size in zip(
+            kernel_axes, mask_shape, kernel.shape
+        )
+    ]
+    return keras.distribution.TensorLayout(axes, distribution.device_mesh)
 
 
 def _call_mask_function(function, layer, variable):

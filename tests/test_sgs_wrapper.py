@@ -1,6 +1,10 @@
 """SGSWrapper against independent references: the inner optimizer, a
 hand-computed numpy update and a branched model trained on CIFAR-10."""
 
+import json
+import os
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -1548,3 +1552,76 @@ def test_theorem_csla_block_equals_per_channel_sgs_on_cifar10(
     error = _train_csla_and_sgs(images, labels, 3, identity=True, decay=5e-4)
     print("relative difference, identity, coupled decay:", error)
     assert error > 1e-4, error
+
+
+_MODEL_PARALLEL_SCRIPT = """
+import json
+import keras
+import numpy as np
+import keras_sgs
+from keras import distribution
+
+mesh = distribution.DeviceMesh((1, 2), ("batch", "model"))
+layout_map = distribution.LayoutMap(mesh)
+# Keys that match both kernels' paths, and so their masks' names.
+layout_map[".*c1.*kernel.*"] = (None, None, None, "model")
+layout_map[".*c2.*kernel.*"] = (None, None, None, "model")
+distribution.set_distribution(
+    distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
+)
+inputs = keras.Input((8, 8, 3))
+x = keras.layers.Conv2D(4, 3, padding="same", name="c1")(inputs)
+x = keras.layers.Conv2D(4, 3, padding="same", name="c2")(x)
+x = keras.layers.GlobalAveragePooling2D()(x)
+model = keras.Model(inputs, keras.layers.Dense(2)(x))
+per_channel = np.ones((3, 3, 1, 4), "float32") * np.arange(1, 5)
+model.compile(
+    keras_sgs.SGSWrapper(
+        keras.optimizers.SGD(0.01, momentum=0.9), masks={"c2": per_channel}
+    ),
+    keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+)
+images = np.random.default_rng(0).random((8, 8, 8, 3), "float32")
+model.fit(
+    images,
+    np.zeros(8, "int32"),
+    batch_size=4,
+    verbose=0,
+    callbacks=[keras_sgs.MIScalingCallback(images, warmup=0)],
+)
+specs = {}
+for name in ("c1", "c2"):
+    mask = model.optimizer.get_mask(model.get_layer(name).kernel)
+    specs[name] = [list(mask.value.sharding.spec), mask.value.tolist()]
+print("SPECS", json.dumps(specs))
+"""
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution is JAX's")
+def test_masks_have_their_own_layout_under_model_parallel():
+    """JAX `ModelParallel` on two CPU devices: a `LayoutMap` key that
+    matches a kernel's path never shards its mask. A mask of shape
+    `(3, 3, 1, 1)` is replicated; a per-channel mask is sharded like its
+    kernel's output axis. Training and a refresh run."""
+
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="jax",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", _MODEL_PARALLEL_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = process.stdout + process.stderr
+    assert process.returncode == 0, output[-3000:]
+    specs = json.loads(output.split("SPECS ")[1].splitlines()[0])
+    (c1_spec, c1_mask), (c2_spec, c2_mask) = specs["c1"], specs["c2"]
+    assert c1_spec == [None, None, None, None]
+    assert not np.allclose(c1_mask, 1.0)  # refreshed
+    assert c2_spec == [None, None, None, "model"]
+    assert np.shape(c2_mask) == (3, 3, 1, 4)

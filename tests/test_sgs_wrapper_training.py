@@ -1,6 +1,8 @@
 """SGSWrapper in real training set-ups: saving and restoring, resuming,
 tf.distribute on two logical CPUs, and mixed precision."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -296,3 +298,31 @@ def test_update_mode_zero_mask_under_mirrored_strategy(
     frozen = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], bool)
     np.testing.assert_array_equal(after[frozen], before[frozen])
     assert not np.allclose(after[~frozen], before[~frozen])
+
+
+def test_loading_weights_before_the_build_warns_once_as_keras_does(tmp_path):
+    """An unbuilt optimizer loads nothing and Keras says so once; the
+    wrapper adds no second warning (the inner optimizer's entry gives
+    Keras's)."""
+
+    path = str(tmp_path / "model.weights.h5")
+    warned = {}
+    for name, make in [
+        ("sgd", lambda: keras.optimizers.SGD(0.05, momentum=0.9)),
+        ("sgs", lambda: keras_sgs.SGSWrapper(keras.optimizers.SGD(0.05, 0.9))),
+    ]:
+        model = small_model()
+        model.compile(make(), "mse")
+        model.optimizer.build(model.trainable_variables)
+        model.save_weights(path)
+        fresh = small_model()
+        fresh.compile(make(), "mse")
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            fresh.load_weights(path)
+        warned[name] = [
+            str(w.message)
+            for w in record
+            if "Skipping variable loading" in str(w.message)
+        ]
+    assert len(warned["sgs"]) == len(warned["sgd"]) == 1, warned
