@@ -13,6 +13,8 @@ it broadcasts to the kernel: `(kh, kw, 1, out)` per output channel
 import keras
 import numpy as np
 
+from keras_sgs._arrays import to_numpy
+
 
 def _spatial_size(name, value):
     """Return `value` as a tuple of positive ints (1 to 3 of them)."""
@@ -381,9 +383,7 @@ def csla_conv(
                 {**init.get_config(), "seed": seed + offset}
             )
         draws.append(
-            keras.ops.convert_to_numpy(
-                init(shape + (in_channels, out_channels), dtype="float32")
-            )
+            to_numpy(init(shape + (in_channels, out_channels), dtype="float32"))
         )
     kernel = fuse_csla_kernels(
         draws[0], draws[1], scale_3x3, scale_1x1, identity=identity

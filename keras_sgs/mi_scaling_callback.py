@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import contextlib
+import itertools
 import math
 import threading
 import time
@@ -12,6 +13,7 @@ import numpy as np
 from keras import ops
 
 from keras_sgs import _keras_private as private
+from keras_sgs._arrays import to_numpy
 from keras_sgs._numbers import is_int
 from keras_sgs._numbers import is_real
 from keras_sgs.conv_kernels import spatial_kernels
@@ -60,8 +62,22 @@ class MIScalingCallback(keras.callbacks.Callback):
     layers' calls are recorded while the model runs (the first call of a
     layer counts; calls from other threads meanwhile are not recorded, and
     one recording runs at a time). A layer whose estimate is undefined
-    keeps its previous mask and a warning says why; training never stops
-    because of the estimator.
+    keeps its previous mask and a warning says why; so does a layer that
+    is built but never called in the forward pass (e.g. a branch that the
+    model skips), whose input cannot be captured: training never stops
+    because of the estimator. Messages name each layer by its kernel's
+    variable path (`block1/conv1/kernel`), which stays unique where layer
+    names repeat (nested blocks).
+
+    `data` is read as `fit` reads a batch (see
+    `keras.utils.unpack_x_y_sample_weight`): the inputs `x` of `x`, `(x,)`,
+    `(x, y)` or `(x, y, sample_weight)`, a list counting as a tuple (a
+    PyTorch `DataLoader` yields `[x, y]`), so labels are never taken for
+    inputs. A model of several inputs takes them as a dict, or as
+    `([x1, x2],)`. At the start of `fit` the inputs are checked against
+    the model's (Functional and Sequential models, whose inputs are
+    known), with an error saying what was received and what the model
+    expects.
 
     Each epoch's `logs` (hence `History`) receive `sgs_refresh_seconds`
     (0 when the epoch had no refresh) and the smallest and largest mask
@@ -97,19 +113,22 @@ class MIScalingCallback(keras.callbacks.Callback):
     ```
 
     Args:
-        data: held-out inputs in any structure the model accepts (an
-            array, a list or dict of arrays), or a `tf.data.Dataset` /
-            iterable of batches (`x` or `(x, y, ...)`, `x` any such
-            structure) from which the first `num_batches` are taken once.
-            At most the first `max_images` inputs are kept.
+        data: held-out data in a form `fit` takes: arrays (`x`, a dict of
+            arrays, or an `(x, y)` / `(x, y, sample_weight)` tuple or
+            list), or a source of such batches (`tf.data.Dataset`,
+            `keras.utils.PyDataset`, generator or iterator, PyTorch
+            `DataLoader`) from which the first `num_batches` are taken
+            once. Only the inputs are kept, at most the first
+            `max_images`.
         every: int >= 1. Epochs between refreshes. Defaults to 1.
         warmup: int >= 0. The first epoch (0-based) that refreshes.
             Defaults to 1.
         k: float > 0. Sharpening of the MI estimate. Defaults to 5.
         diagonal_removal: bool. See `spatial_dependence`. Defaults to
             `False`.
-        layers: `None` (every scaled conv layer) or a list of layer names or
-            layer objects to refresh. Defaults to `None`.
+        layers: `None` (every scaled conv layer) or a list of layers to
+            refresh: layer names, kernel variable paths (unique where
+            names repeat) or layer objects. Defaults to `None`.
         verbose: 0 or 1. With 1, prints a line per layer per refresh.
             Defaults to 0.
         num_batches: int >= 1. Batches taken from an iterable `data`.
@@ -152,8 +171,8 @@ class MIScalingCallback(keras.callbacks.Callback):
             isinstance(layers, (str, keras.layers.Layer)) or not layers
         ):
             raise ValueError(
-                "`layers` must be None or a non-empty list of layer names or "
-                f"layers. Received: layers={layers!r}"
+                "`layers` must be None or a non-empty list of layer names, "
+                f"kernel paths or layers. Received: layers={layers!r}"
             )
         self.data = _held_out_inputs(data, num_batches, int(max_images))
         self.every = int(every)
@@ -164,15 +183,18 @@ class MIScalingCallback(keras.callbacks.Callback):
         self.verbose = verbose
         self._targets = None
         self._capture = None
+        self._warned_uncalled = False
         self._epoch_logs = {}
 
     # -- schedule -----------------------------------------------------------
 
     def on_train_begin(self, logs=None):
+        _check_inputs_fit_model(self.data, self.model)
         # Select the layers again: the model may have been recompiled or
         # (un)frozen since the last `fit`.
         self._targets = None
         self._capture = None
+        self._warned_uncalled = False
         self._wrapper_and_targets()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -191,10 +213,7 @@ class MIScalingCallback(keras.callbacks.Callback):
         wrapper, targets = self._wrapper_and_targets()
         if not targets:
             return
-        masks = [
-            ops.convert_to_numpy(wrapper.get_mask(kernel))
-            for _, kernel in targets
-        ]
+        masks = [to_numpy(wrapper.get_mask(kernel)) for _, kernel in targets]
         logs["sgs_mask_min"] = float(min(m.min() for m in masks))
         logs["sgs_mask_max"] = float(max(m.max() for m in masks))
 
@@ -204,8 +223,8 @@ class MIScalingCallback(keras.callbacks.Callback):
         """Recomputes and assigns every target layer's mask now.
 
         Returns:
-            A dict `{layer name: new mask as a numpy array}` of the layers
-            whose mask changed.
+            A dict `{kernel variable path: new mask as a numpy array}` of
+            the layers whose mask changed.
         """
         wrapper, targets = self._wrapper_and_targets()
         if targets is None:
@@ -218,10 +237,11 @@ class MIScalingCallback(keras.callbacks.Callback):
             return {}
         if not targets:
             return {}
-        layers = [layer for layer, _ in targets]
         if self._capture is None:
+            layers = [layer for layer, _ in targets]
             self._capture = _compiled_capture(self.model, layers)
-        feature_maps = self._capture(self.data)
+        targets, feature_maps = self._called(targets, self._capture(self.data))
+        layers = [layer for layer, _ in targets]
         if keras.backend.backend() == "torch":
             # Eager, nothing to compile; and PyTorch's ops ran 3x slower in
             # a worker thread than in this one (ConvNeXtTiny's refresh).
@@ -239,20 +259,41 @@ class MIScalingCallback(keras.callbacks.Callback):
             if not np.all(np.isfinite(mask)):
                 reason = _why_undefined(layer, fmap, self.diagonal_removal)
                 warnings.warn(
-                    f"MIScalingCallback: the estimate for layer "
-                    f"'{layer.name}' is undefined ({reason}); the layer "
-                    "keeps its previous mask.",
+                    "MIScalingCallback: the estimate for the layer of "
+                    f"kernel '{kernel.path}' is undefined ({reason}); the "
+                    "layer keeps its previous mask.",
                     stacklevel=2,
                 )
                 continue
             wrapper.set_mask(kernel, mask)
-            updated[layer.name] = mask
+            updated[kernel.path] = mask
             if self.verbose:
                 private.print_msg(
-                    f"SGS mask {layer.name}: "
+                    f"SGS mask {kernel.path}: "
                     + np.array2string(mask, precision=3, separator=", ")
                 )
         return updated
+
+    def _called(self, targets, feature_maps):
+        """`(targets, feature_maps)` of the layers that the forward pass
+        called (the others have no captured input); warns once per `fit`
+        about the others, which keep their masks."""
+        uncalled = [
+            k.path for (_, k), f in zip(targets, feature_maps) if f is None
+        ]
+        if uncalled and not self._warned_uncalled:
+            self._warned_uncalled = True
+            warnings.warn(
+                "MIScalingCallback leaves the layers of kernels "
+                f"{uncalled} at their current masks: the model's forward "
+                "pass does not call them (built but unused, they get no "
+                "gradient either), so their input cannot be captured.",
+                stacklevel=3,
+            )
+        called = [
+            (t, f) for t, f in zip(targets, feature_maps) if f is not None
+        ]
+        return [t for t, _ in called], [f for _, f in called]
 
     def _wrapper_and_targets(self):
         model = self.model  # on JAX this syncs the training state back
@@ -281,13 +322,13 @@ class MIScalingCallback(keras.callbacks.Callback):
         scaled = scaled_conv_layers(model, wrapper)
         if self.layers is None:
             centred = [(lyr, k) for lyr, k in scaled if not _no_centre(lyr)]
-            skipped = [lyr.name for lyr, _ in scaled if _no_centre(lyr)]
+            skipped = [k.path for lyr, k in scaled if _no_centre(lyr)]
             if skipped:
                 warnings.warn(
-                    f"MIScalingCallback leaves layers {skipped} at their "
-                    "current masks: their kernels have no centre pixel to "
-                    "define the mask around (an even kernel size, or "
-                    "strides equal to the kernel size).",
+                    "MIScalingCallback leaves the layers of kernels "
+                    f"{skipped} at their current masks: their kernels have "
+                    "no centre pixel to define the mask around (an even "
+                    "kernel size, or strides equal to the kernel size).",
                     stacklevel=3,
                 )
             if not centred:
@@ -299,15 +340,17 @@ class MIScalingCallback(keras.callbacks.Callback):
                     stacklevel=3,
                 )
             return centred
-        # A layer is named by its name or given as the object itself.
+        # A layer is named by its name or kernel path, or given as the
+        # object itself.
         wanted = {_layer_key(item) for item in self.layers}
         targets = [
             (layer, kernel)
             for layer, kernel in scaled
-            if layer.name in wanted or id(layer) in wanted
+            if wanted & {layer.name, kernel.path, id(layer)}
         ]
-        found = {layer.name for layer, _ in targets}
-        found |= {id(layer) for layer, _ in targets}
+        found = set()
+        for layer, kernel in targets:
+            found |= {layer.name, kernel.path, id(layer)}
         missing = [
             getattr(item, "name", item)
             for item in self.layers
@@ -317,9 +360,9 @@ class MIScalingCallback(keras.callbacks.Callback):
             raise ValueError(
                 "`layers` names layers that are not conv layers scaled by "
                 f"the model's SGSWrapper. Received: {missing}; scaled "
-                f"layers: {[layer.name for layer, _ in scaled]}"
+                f"layers (kernel paths): {[k.path for _, k in scaled]}"
             )
-        uncentred = [layer.name for layer, _ in targets if _no_centre(layer)]
+        uncentred = [k.path for layer, k in targets if _no_centre(layer)]
         if uncentred:
             raise ValueError(
                 "`layers` names layers whose kernels have no centre pixel "
@@ -344,7 +387,7 @@ class MIScalingCallback(keras.callbacks.Callback):
         )
         # `dependence_to_scaling` in numpy: on JAX an eager op compiles
         # once per kernel shape.
-        dependence = ops.convert_to_numpy(dependence)
+        dependence = to_numpy(dependence)
         return dependence / dependence.mean()
 
 
@@ -362,7 +405,7 @@ def _layer_key(item):
 
 def _why_undefined(layer, fmap, diagonal_removal):
     """Why no channel of a layer's input gives an estimate, in words."""
-    x = ops.convert_to_numpy(_channels_last(layer, fmap))
+    x = to_numpy(_channels_last(layer, fmap))
     x = x.reshape(-1, x.shape[-1]).astype("float64")
     finite = np.isfinite(x)
     non_finite = int(np.sum(~finite.all(axis=0)))
@@ -390,46 +433,41 @@ def _no_centre(layer):
 
 
 def _held_out_inputs(data, num_batches, max_images):
-    """The first `max_images` held-out inputs as numpy, in the structure
-    the model takes: `data` itself if it is an array or a list / tuple /
-    dict of arrays, else the first `num_batches` batches of the iterable
-    concatenated (`x` of `(x, y, ...)` batches)."""
+    """The first `max_images` held-out inputs as numpy: the `x` of `data`
+    itself when it is arrays (an array, or a list / tuple / dict of them),
+    else of each of the first `num_batches` batches of the iterable,
+    concatenated. `x` is taken as `fit` takes it from a batch
+    (`keras.utils.unpack_x_y_sample_weight`)."""
 
     def is_array(x):
         return hasattr(x, "shape") and hasattr(x, "dtype")
 
-    def first(x):
-        return ops.convert_to_numpy(x)[:max_images]
-
     if is_array(data) or (
         isinstance(data, (list, tuple, dict))
         and data
-        and all(is_array(x) for x in keras.tree.flatten(data))
+        and all(x is None or is_array(x) for x in keras.tree.flatten(data))
     ):
-        inputs = keras.tree.map_structure(first, data)
+        batches = [data]
     elif not hasattr(data, "__iter__") or isinstance(data, (str, bytes, dict)):
         raise TypeError(
-            "`data` must be an array, a list or dict of arrays, or a dataset "
-            "/ iterable of batches. Received: data of type "
+            "`data` must be arrays (an array, or a list, tuple or dict of "
+            "arrays) or a source of batches (a dataset, PyDataset, "
+            "generator, iterator or DataLoader). Received: data of type "
             f"{type(data).__name__}"
         )
     else:
-        batches = []
-        for batch in data:
-            if isinstance(batch, tuple):
-                batch = batch[0]
-            batches.append(
-                keras.tree.map_structure(ops.convert_to_numpy, batch)
-            )
-            if len(batches) == num_batches:
-                break
+        batches = list(itertools.islice(data, num_batches))
         if not batches:
             raise ValueError(
                 "`data` is empty. Received: an iterable with no batch"
             )
-        inputs = keras.tree.map_structure(
-            lambda *xs: np.concatenate(xs)[:max_images], *batches
-        )
+    inputs = [_inputs_of_batch(batch) for batch in batches]
+    inputs = keras.tree.map_structure(
+        lambda *xs: np.concatenate([to_numpy(x[:max_images]) for x in xs])[
+            :max_images
+        ],
+        *inputs,
+    )
     arrays = keras.tree.flatten(inputs)
     for x in arrays:
         if x.ndim < 2 or not (
@@ -447,6 +485,63 @@ def _held_out_inputs(data, num_batches, max_images):
             f"{sorted(sizes)} rows"
         )
     return inputs
+
+
+def _inputs_of_batch(batch):
+    """The `x` of a batch `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`
+    (a list as a tuple), as `fit` reads it."""
+    try:
+        return keras.utils.unpack_x_y_sample_weight(batch)[0]
+    except ValueError:
+        raise ValueError(
+            "`data` (or each of its batches) must be `x`, `(x,)`, `(x, y)` "
+            "or `(x, y, sample_weight)`, as a batch of `fit`; several "
+            "inputs go in a dict or `([x1, x2, ...],)`. Received: a "
+            f"{type(batch).__name__} of {len(batch)} items of shapes "
+            f"{_shapes(batch)}"
+        ) from None
+
+
+def _shapes(structure):
+    """The shapes of a structure of arrays or tensors, in its structure."""
+    return keras.tree.map_structure(
+        lambda x: None if x is None else tuple(x.shape), structure
+    )
+
+
+def _input_structure(model):
+    """The structure of the inputs a Functional model, or a Sequential
+    model with an `Input`, is called with (`KerasTensor`s); `None` for
+    other models, whose inputs are not known before they run."""
+    if isinstance(model, private.Functional):
+        return model.input
+    if isinstance(model, keras.Sequential):
+        return (getattr(model, "inputs", None) or [None])[0]
+    return None
+
+
+def _check_inputs_fit_model(inputs, model):
+    """Raises a `ValueError` when the held-out inputs cannot be the model's:
+    another number of arrays, or a dict without some input of a model that
+    takes a dict. Models whose inputs are not known pass."""
+    expected = _input_structure(model)
+    if expected is None:
+        return
+    if isinstance(expected, dict) and isinstance(inputs, dict):
+        fits = set(expected) <= set(inputs)
+    else:
+        fits = len(keras.tree.flatten(inputs)) == len(
+            keras.tree.flatten(expected)
+        )
+    if not fits:
+        raise ValueError(
+            "MIScalingCallback: the held-out inputs do not fit the model. "
+            f"Received: inputs of shapes {_shapes(inputs)}; the model "
+            f"expects inputs of shapes {_shapes(expected)}. `data` (or "
+            "each of its batches) is read as `fit` reads a batch: `x`, "
+            "`(x, y)` or `(x, y, sample_weight)`, a list as a tuple; "
+            "pass several inputs in a dict or as `([x1, x2, ...],)`."
+        )
 
 
 def _mean_over_workers(model, masks):
@@ -481,10 +576,7 @@ def _mean_over_workers(model, masks):
     means = tf.function(lambda values: strategy.run(all_reduce, (values,)))(
         [tf.constant(m) for m in masks]
     )
-    return [
-        ops.convert_to_numpy(strategy.experimental_local_results(m)[0])
-        for m in means
-    ]
+    return [to_numpy(strategy.experimental_local_results(m)[0]) for m in means]
 
 
 def _compiled_capture(model, layers):
@@ -554,11 +646,8 @@ def _compiled_capture(model, layers):
 def _input_submodel(model, layers):
     """`keras.Model(model.inputs, [layer.input ...])`, or `None` when some
     layer is not called exactly once in `model`'s own graph."""
-    if isinstance(model, private.Functional):
-        inputs = model.input  # the structure the model is called with
-    elif isinstance(model, keras.Sequential):
-        inputs = (getattr(model, "inputs", None) or [None])[0]
-    else:
+    inputs = _input_structure(model)
+    if inputs is None:
         return None  # subclassed: no graph to take inputs from
     own = {id(layer) for layer in model.layers}
     if inputs is None or not all(
@@ -575,7 +664,8 @@ _RECORDING_LOCK = threading.Lock()
 @contextlib.contextmanager
 def _recording_inputs(layers):
     """Within the block, each layer's `call` records its first positional
-    input of its first call (made by this thread) into the yielded list.
+    input of its first call (made by this thread) into the yielded list;
+    the entry of a layer not called stays `None`.
 
     The layers' `call` is patched for the duration of the block only. A
     lock keeps two recordings from patching the same layers at once, and a
@@ -604,9 +694,3 @@ def _recording_inputs(layers):
                     object.__delattr__(layer, "call")
                 else:
                     object.__setattr__(layer, "call", original)
-    missing = [layer.name for layer, c in zip(layers, captured) if c is None]
-    if missing:
-        raise ValueError(
-            f"Layers {missing} were not called in the model's forward "
-            "pass, so their input cannot be captured."
-        )

@@ -3,9 +3,9 @@
 import math
 
 import numpy as np
-from keras import ops
 
 from keras_sgs import masks as masks_lib
+from keras_sgs._arrays import to_numpy
 from keras_sgs.mi_scaling_callback import find_sgs_wrapper
 from keras_sgs.mi_scaling_callback import scaled_conv_layers
 
@@ -21,9 +21,7 @@ def model_masks(model):
             f"(train a step first). Received: optimizer={model.optimizer!r}"
         )
     return {
-        layer.name: masks_lib.spatial_mean(
-            ops.convert_to_numpy(wrapper.get_mask(kernel))
-        )
+        layer.name: masks_lib.spatial_mean(to_numpy(wrapper.get_mask(kernel)))
         for layer, kernel in scaled_conv_layers(model, wrapper)
     }
 

@@ -27,6 +27,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_sgs._arrays import to_numpy
+
 PADDINGS = ("valid", "same")
 
 
@@ -105,7 +107,7 @@ def _batch_norm_arrays(batch_norm):
     """`(gamma, beta, moving_mean, moving_variance, epsilon)` of a BN layer
     in float64."""
     arrays = [
-        ops.convert_to_numpy(v).astype(np.float64)
+        to_numpy(v).astype(np.float64)
         for v in (
             batch_norm.gamma,
             batch_norm.beta,
@@ -273,7 +275,7 @@ class _BranchedConv(keras.layers.Layer):
                 "Call it on an input first."
             )
         branches = [
-            (ops.convert_to_numpy(conv.kernel), batch_norm)
+            (to_numpy(conv.kernel), batch_norm)
             for conv, batch_norm in zip(self.convs, self.batch_norms)
         ]
         if self.identity_batch_norm is not None:

@@ -1,6 +1,8 @@
 """MIScalingCallback: masks equal the estimator applied to each conv layer's
 real input, for every kind of model, on schedule, and robust to bad maps."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -184,7 +186,7 @@ def test_non_finite_estimate_keeps_previous_mask(cifar10_train):
     callback = keras_sgs.MIScalingCallback(images[:32], warmup=0)
     with pytest.warns(
         UserWarning,
-        match="'c2' is undefined.*8 of 8 input channels are "
+        match="kernel 'c2/kernel' is undefined.*8 of 8 input channels are "
         "constant.*keeps its previous mask",
     ):
         model.fit(
@@ -432,14 +434,19 @@ def test_kernels_without_centre_are_left_alone(cifar10_train):
     outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
     model = compile_sgs(keras.Model(inputs, outputs))
     callback = keras_sgs.MIScalingCallback(images[:32], warmup=0)
-    with pytest.warns(UserWarning, match="'patchify4', 'even2', 'patchify3'"):
+    with pytest.warns(
+        UserWarning,
+        match="'patchify4/kernel', 'even2/kernel', 'patchify3/kernel'",
+    ):
         model.fit(
             images[:32], labels[:32], epochs=1, verbose=0, callbacks=[callback]
         )
     for name in ("patchify4", "even2", "patchify3"):
         np.testing.assert_array_equal(mask_of(model, name), 1.0)
     assert not np.allclose(mask_of(model, "c1"), 1.0)
-    with pytest.raises(ValueError, match=r"no centre pixel.*\['even2'\]"):
+    with pytest.raises(
+        ValueError, match=r"no centre pixel.*\['even2/kernel'\]"
+    ):
         model.fit(
             images[:32],
             labels[:32],
@@ -644,3 +651,247 @@ def test_keras_applications(name, size, depthwise, cifar10_train):
         assert np.all(np.isfinite(mask))
         np.testing.assert_allclose(mask.mean(), 1.0, rtol=1e-5)
     assert sum(not np.allclose(mask, 1.0) for mask in masked) > len(masked) / 2
+
+
+# -- layers built but never called ---------------------------------------
+
+
+class _Twin(keras.layers.Layer):
+    """Builds two convs and calls one."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.used = keras.layers.Conv2D(4, 3, padding="same", name="used")
+        self.unused = keras.layers.Conv2D(4, 3, padding="same", name="unused")
+
+    def build(self, input_shape):
+        self.used.build(input_shape)
+        self.unused.build(input_shape)
+
+    def call(self, x):
+        return self.used(x)
+
+
+class _PreActResidual(keras.layers.Layer):
+    """KerasHub DepthAnything's pre-activation residual layer: two 3x3
+    convs named `convolution1` and `convolution2` in every block."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.convolution1 = keras.layers.Conv2D(
+            filters, 3, padding="same", name="convolution1"
+        )
+        self.convolution2 = keras.layers.Conv2D(
+            filters, 3, padding="same", name="convolution2"
+        )
+
+    def build(self, input_shape):
+        self.convolution1.build(input_shape)
+        self.convolution2.build(input_shape)
+
+    def call(self, x):
+        y = self.convolution1(keras.ops.relu(x))
+        return x + self.convolution2(keras.ops.relu(y))
+
+
+class _FusionBlock(keras.layers.Layer):
+    """KerasHub DepthAnything's feature fusion layer: `residual_layer1`
+    adds the previous block's output; the first block has none, so its
+    `residual_layer1` is built and never called."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.residual_layer1 = _PreActResidual(filters, name="residual_layer1")
+        self.residual_layer2 = _PreActResidual(filters, name="residual_layer2")
+
+    def build(self, input_shape):
+        self.residual_layer1.build(input_shape)
+        self.residual_layer2.build(input_shape)
+
+    def call(self, x, residual=None):
+        if residual is not None:
+            x = x + self.residual_layer1(residual)
+        return self.residual_layer2(x)
+
+
+def _twin_model():
+    inputs = keras.Input((32, 32, 3))
+    x = _Twin(name="twin")(inputs)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs)
+
+
+def _fusion_model():
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.Conv2D(4, 3, padding="same", name="stem")(inputs)
+    first = _FusionBlock(4, name="fusion1")(features)
+    second = _FusionBlock(4, name="fusion2")(features, residual=first)
+    x = keras.layers.GlobalAveragePooling2D()(second)
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+@pytest.mark.parametrize(
+    "make, uncalled",
+    [
+        (_twin_model, ["twin/unused/kernel"]),
+        (
+            _fusion_model,
+            [
+                "fusion1/residual_layer1/convolution1/kernel",
+                "fusion1/residual_layer1/convolution2/kernel",
+            ],
+        ),
+    ],
+)
+def test_layers_built_but_never_called_keep_their_masks(
+    make, uncalled, cifar10_train
+):
+    """Training goes on; one warning names the unused kernels by their
+    unique paths (every fusion block has a `convolution1`)."""
+    images, labels = cifar10_train
+    model = compile_sgs(make())
+    callback = keras_sgs.MIScalingCallback(images[:16], warmup=0)
+    with pytest.warns(UserWarning) as record:
+        history = model.fit(
+            images[:16], labels[:16], epochs=2, verbose=0, callbacks=[callback]
+        )
+    assert history.history["sgs_refresh_seconds"][1] > 0
+    messages = [str(w.message) for w in record]
+    (message,) = [m for m in messages if "does not call" in m]
+    wrapper = model.optimizer
+    for variable in model.trainable_variables:
+        mask = wrapper.get_mask(variable)
+        if mask is not None:
+            unused = variable.path in uncalled
+            assert (f"'{variable.path}'" in message) == unused
+            mask = keras.ops.convert_to_numpy(mask)
+            assert np.allclose(mask, 1.0) == unused, variable.path
+    # A kernel path selects one of the layers that share a name.
+    if make is _fusion_model:
+        path = "fusion2/residual_layer1/convolution1/kernel"
+        callback = keras_sgs.MIScalingCallback(images[:16], layers=[path])
+        callback.set_model(model)
+        assert list(callback.refresh()) == [path]
+
+
+# -- held-out data in the forms `fit` takes --------------------------------
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, images, labels):
+        super().__init__()
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images) // 8
+
+    def __getitem__(self, index):
+        part = slice(8 * index, 8 * index + 8)
+        return self.images[part], self.labels[part]
+
+
+def _torch_data_loader(images, labels):
+    import torch
+
+    dataset = torch.utils.data.TensorDataset(
+        torch.from_numpy(images), torch.from_numpy(labels.astype("int64"))
+    )
+    return torch.utils.data.DataLoader(dataset, batch_size=8)
+
+
+def _tf_dataset(images, labels):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        lambda x, y: x,
+        lambda x, y: keras.ops.convert_to_tensor(x),
+        lambda x, y: (x,),
+        lambda x, y: (x, y),
+        lambda x, y: (x, y, np.ones(len(y))),
+        lambda x, y: [x, keras.utils.to_categorical(y, 10)],
+        _tf_dataset,
+        _Batches,
+        lambda x, y: ((x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)),
+        lambda x, y: iter([[x[i : i + 8], y[i : i + 8]] for i in (0, 8)]),
+        _torch_data_loader,
+    ],
+    ids=[
+        "array",
+        "tensor",
+        "x_tuple",
+        "x_y",
+        "x_y_weights",
+        "list_x_onehot",
+        "tf_data",
+        "py_dataset",
+        "generator",
+        "list_batches",
+        "torch_data_loader",
+    ],
+)
+def test_held_out_data_in_the_forms_fit_takes(form, cifar10_train):
+    """Only the inputs are kept, whatever the form: labels (int or
+    one-hot) are never taken for a second input."""
+    images, labels = cifar10_train
+    callback = keras_sgs.MIScalingCallback(
+        form(images[:16], labels[:16]), num_batches=2
+    )
+    np.testing.assert_array_equal(callback.data, images[:16])
+
+
+def test_inputs_are_checked_against_the_model_before_training(cifar10_train):
+    images, labels = cifar10_train
+    a = keras.Input((32, 32, 3), name="a")
+    b = keras.Input((32, 32, 3), name="b")
+    x = keras.layers.Conv2D(3, 3, padding="same", name="c1")(a)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([x, b]))
+    model = compile_sgs(keras.Model([a, b], keras.layers.Dense(10)(x)))
+    inputs = [images[:16], images[16:32]]
+
+    class CountEpochs(keras.callbacks.Callback):
+        epochs = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            CountEpochs.epochs += 1
+
+    # A list is read as (x, y), as `fit` reads a batch: one input, not two.
+    with pytest.raises(
+        ValueError,
+        match=r"Received: inputs of shapes \(16, 32, 32, 3\); the model "
+        r"expects inputs of shapes \[\(None, 32, 32, 3\), "
+        r"\(None, 32, 32, 3\)\]",
+    ):
+        model.fit(
+            inputs,
+            labels[:16],
+            verbose=0,
+            callbacks=[keras_sgs.MIScalingCallback(inputs), CountEpochs()],
+        )
+    assert CountEpochs.epochs == 0
+    for data in [(inputs,), {"a": inputs[0], "b": inputs[1]}]:
+        callback = keras_sgs.MIScalingCallback(data, warmup=0)
+        model.fit(inputs, labels[:16], verbose=0, callbacks=[callback])
+        np.testing.assert_allclose(
+            mask_of(model, "c1"), expected_mask(inputs[0]), atol=1e-5
+        )
+
+
+def test_a_short_fit_with_the_callback_warns_nothing(cifar10_train):
+    """Not even a `DeprecationWarning` (which pyproject.toml hides from the
+    other tests): numpy 2 deprecates the `__array__` of Keras variables
+    and PyTorch tensors, which `keras.ops.convert_to_numpy` calls."""
+
+    images, labels = cifar10_train
+    model = compile_sgs(functional())
+    callback = keras_sgs.MIScalingCallback(images[:16], warmup=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(
+            images[:16], labels[:16], epochs=2, verbose=0, callbacks=[callback]
+        )
+        keras_sgs.plotting.model_masks(model)  # the examples' masks.png
