@@ -66,7 +66,11 @@ def train_method(method):
             "output_dir": os.path.join(FLAGS.output_dir, method),
         }
     )
-    return training.train(config, train_cifar.TASK)
+    # As `train_cifar.main` sets them.
+    config.dataset = config.dataset or config.tfds_name or "cifar10"
+    config.head = config.head or train_cifar.DATASETS[config.dataset][3]
+    task = train_cifar.make_task(config.dataset, config.head)
+    return training.train(config, task)
 
 
 def table(results):
@@ -86,11 +90,20 @@ def table(results):
 
 def main(argv):
     del argv
+    # One comparison at a time in --output_dir (each method's run also
+    # holds its own folder).
+    with run_dir.locked(FLAGS.output_dir):
+        compare()
+
+
+def compare():
+    """Trains every method, prints the table, writes the combined
+    results."""
     print(
         f"{FLAGS.model} (width {FLAGS.width}), {FLAGS.epochs} epochs on "
-        f"{FLAGS.data or train_cifar.TASK.train_data}; SGS-MI refreshes "
-        f"the masks every {FLAGS.refresh_every} epoch(s) from epoch "
-        f"{FLAGS.refresh_warmup + 1} on.",
+        f"{FLAGS.data or FLAGS.tfds_name or train_cifar.SAMPLE}; SGS-MI "
+        f"refreshes the masks every {FLAGS.refresh_every} epoch(s) from "
+        f"epoch {FLAGS.refresh_warmup + 1} on.",
         flush=True,
     )
     results = {method: train_method(method) for method in FLAGS.methods}

@@ -4,8 +4,11 @@
 and the optimizer for `--method`, trains with the callbacks and writes
 into `--output_dir`:
 
-- `run_flags.json`: the task and the flags the run was started with; a
-  restart with other defining flags is refused (`--overwrite` starts over);
+- `run.lock`: held by the live run (`fcntl.flock`, released when its
+  process ends): a second run into the same folder is refused at once;
+- `run_flags.json`: the task and the flags the run was started with,
+  written once its flags and data have passed every check; a restart with
+  other defining flags is refused (`--overwrite` starts over);
 - `backup/`: `keras.callbacks.BackupAndRestore` state (this epoch's and the
   previous one's), so that a killed run started again with the same flags
   resumes at the epoch it stopped;
@@ -172,6 +175,9 @@ def train(config, task):
 
     Returns:
         The dict written to `results.json`.
+
+    Raises:
+        RuntimeError: another live run holds `--output_dir`.
     """
     strategy = strategies.make_strategy(config.strategy)  # before TF ops
     output_dir = strategies.worker_output_dir(
@@ -179,8 +185,16 @@ def train(config, task):
         or str(REPO / "runs" / task.name / f"{config.model}_{config.method}"),
         strategy,
     )
+    with run_dir.locked(output_dir):
+        return train_in(config, task, strategy, output_dir)
+
+
+def train_in(config, task, strategy, output_dir):
+    """`train` into `output_dir`, which this run holds. The run is recorded
+    there once its flags and data have passed every check."""
+    defining, other = run_flags(config, task)
     finished = run_dir.check_restart(
-        output_dir, task.name, *run_flags(config, task), config.overwrite
+        output_dir, task.name, defining, config.overwrite
     )
     if finished:
         path = os.path.join(output_dir, "results.json")
@@ -236,6 +250,9 @@ def train(config, task):
                 task.decay_kernels_only,
             ),
         )
+    run_dir.record_start(
+        output_dir, task.name, defining, other, config.overwrite
+    )
     history = run_callbacks.EpochHistory(
         os.path.join(output_dir, "history.json")
     )
@@ -243,6 +260,7 @@ def train(config, task):
         train_ds,
         epochs=config.epochs,
         steps_per_epoch=steps,
+        shuffle=False,  # `train_ds` is shuffled; `fit` shuffles arrays only
         callbacks=run_callbacks.make_callbacks(
             config, output_dir, history, held_out, strategy
         ),
