@@ -12,7 +12,7 @@ from keras_sgs.plotting import plot_masks
 from keras_sgs.sgs_wrapper import SGSWrapper
 from keras_sgs.sgs_wrapper import SpatialGradientScaling
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "MIScalingCallback",
