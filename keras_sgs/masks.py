@@ -105,8 +105,8 @@ def mask_from_branches(kernel_size, branches, normalize=False):
     ```
 
     where `M_i` is 1 on the positions the branch covers and 0 elsewhere
-    (Detkov et al., ICLR 2023, and `../docs/method.md`). An identity branch
-    (RepVGG) is a `(1, 1)` branch.
+    (Detkov et al., ICLR 2023; `docs/guide.md`, "The method"). An identity
+    branch (RepVGG) is a `(1, 1)` branch.
 
     Example:
 

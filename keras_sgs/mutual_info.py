@@ -4,7 +4,7 @@ For a conv layer's input feature map, `spatial_dependence` measures how much
 information the pixel at each kernel offset carries about the centre pixel
 (normalised mutual information from 2-D histograms, sharpened with `k`),
 and `dependence_to_scaling` turns that into the layer's SGS mask. See
-`../docs/method.md` section 3 (Detkov et al., ICLR 2023) for the rule; the
+`docs/guide.md`, "The method" (Detkov et al., ICLR 2023) for the rule; the
 authors' code decides the details the paper leaves open.
 
 How it is computed: `pair_plan` fixes, from the shapes alone, which pixels

@@ -6,7 +6,7 @@ own `BatchNormalization`, and sum them. In inference mode every branch is
 linear, so the block equals one kxk convolution with a bias: fold each
 branch's BN into its kernel, zero-pad the kernel into the centre of the kxk
 window, and sum (`fuse()`, `fuse_model()`). These blocks are the branched
-baselines SGS is compared with (`../docs/method.md`, section 2).
+baselines SGS is compared with (`docs/guide.md`, "The method").
 
 All branches see the same padding, so the fusion is exact for any stride
 and input size: `padding="valid"` crops the smaller branches' inputs to
