@@ -2,14 +2,35 @@
 PYTHON ?= python3
 PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider
 
-.PHONY: test lint test-tensorflow test-jax test-torch benchmarks
+# make test-quick: the tests of the modules most changes touch (the wrapper,
+# the masks, the estimator, the callback) on TensorFlow, without their
+# slowest tests (real-data parity, keras.applications models, the branch
+# theorems on CIFAR-10). make test runs everything on every backend.
+QUICK_FILES = tests/test_sgs_wrapper.py tests/test_masks.py \
+	tests/test_mutual_info.py tests/test_mi_scaling_callback.py
+QUICK_SKIP = keras_applications or theorem or real_cifar10_images \
+	or real_activations or swap_ema_weights_with_a_multi_optimizer
 
-test: lint test-tensorflow test-jax test-torch
+.PHONY: test test-quick lint docs release-check \
+	test-tensorflow test-jax test-torch benchmarks
+
+test: lint docs release-check test-tensorflow test-jax test-torch
+
+test-quick:
+	KERAS_BACKEND=tensorflow $(PYTEST) $(QUICK_FILES) -k "not ($(QUICK_SKIP))"
 
 # The settings are in pyproject.toml ([tool.ruff]).
 lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+
+# The API reference from the docstrings (build/api/); fails on any warning.
+docs:
+	KERAS_BACKEND=jax $(PYTHON) docs/build_api.py
+
+# sdist and wheel, twine check, the wheel alone with JAX in a fresh venv.
+release-check:
+	$(PYTHON) release/check.py
 
 test-tensorflow:
 	KERAS_BACKEND=tensorflow $(PYTEST)
