@@ -442,6 +442,11 @@ def _held_out_inputs(data, num_batches, max_images):
     def is_array(x):
         return hasattr(x, "shape") and hasattr(x, "dtype")
 
+    def first(*parts):
+        """The first `max_images` rows of `parts`, as one numpy array."""
+        parts = [to_numpy(x[:max_images]) for x in parts]
+        return np.concatenate(parts)[:max_images]
+
     if is_array(data) or (
         isinstance(data, (list, tuple, dict))
         and data
@@ -461,12 +466,8 @@ def _held_out_inputs(data, num_batches, max_images):
             raise ValueError(
                 "`data` is empty. Received: an iterable with no batch"
             )
-    inputs = [_inputs_of_batch(batch) for batch in batches]
     inputs = keras.tree.map_structure(
-        lambda *xs: np.concatenate([to_numpy(x[:max_images]) for x in xs])[
-            :max_images
-        ],
-        *inputs,
+        first, *[_inputs_of_batch(batch) for batch in batches]
     )
     arrays = keras.tree.flatten(inputs)
     for x in arrays:
@@ -646,9 +647,7 @@ def _compiled_capture(model, layers):
 def _input_submodel(model, layers):
     """`keras.Model(model.inputs, [layer.input ...])`, or `None` when some
     layer is not called exactly once in `model`'s own graph."""
-    inputs = _input_structure(model)
-    if inputs is None:
-        return None  # subclassed: no graph to take inputs from
+    inputs = _input_structure(model)  # None: no graph to take inputs from
     own = {id(layer) for layer in model.layers}
     if inputs is None or not all(
         id(layer) in own and len(layer._inbound_nodes) == 1 for layer in layers
