@@ -96,7 +96,9 @@ def decode_image(encoded):
     Example:
 
     ```python
-    image = keras_sgs.tfrecords.decode_image(open("cat.jpg", "rb").read())
+    from keras_sgs import tfrecords
+
+    image = tfrecords.decode_image(open("cat.jpg", "rb").read())
     ```
 
     Args:
@@ -104,8 +106,17 @@ def decode_image(encoded):
 
     Returns:
         A uint8 numpy array `(height, width, 3)`.
+
+    Raises:
+        ImportError: Pillow is not installed.
     """
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError(
+            "Decoding images needs Pillow: `pip install pillow` (or "
+            '`pip install "keras-sgs[tfrecords]"`).'
+        ) from None
 
     return np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
 
@@ -123,8 +134,10 @@ def read_image_records(pattern, limit=None):
     Example:
 
     ```python
-    images, labels = keras_sgs.tfrecords.read_image_records(
-        "../shared/data/cifar10/train-*.tfrecord", limit=256
+    from keras_sgs import tfrecords
+
+    images, labels = tfrecords.read_image_records(
+        "data/cifar10_sample/train.tfrecord", limit=256
     )
     images.shape  # (256, 32, 32, 3), uint8
     ```
@@ -160,6 +173,8 @@ def read_image_records(pattern, limit=None):
                 images.append(image)
                 labels.append(label)
                 index += 1
+        except ImportError:
+            raise  # no Pillow: not the file's fault
         except Exception as error:  # struct, protobuf, Pillow: all malformed
             raise ValueError(
                 f"{path} is not a TFRecord file of tf.train.Example images "

@@ -1,6 +1,8 @@
 """The TensorFlow-free TFRecord reader against TensorFlow's own encoding of
 the CIFAR-10 shards, and its errors on malformed files."""
 
+import sys
+
 import numpy as np
 import pytest
 from conftest import CIFAR10_DIR
@@ -41,3 +43,9 @@ def test_malformed_files_are_named(tmp_path, content, match):
 def test_no_file():
     with pytest.raises(ValueError, match="matches no file"):
         read_image_records("/nonexistent/*.tfrecord")
+
+
+def test_without_pillow_the_error_says_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL fails
+    with pytest.raises(ImportError, match=r"keras-sgs\[tfrecords\]"):
+        read_image_records(str(SHARD), limit=1)
