@@ -25,15 +25,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu}
 EPOCHS=${EPOCHS:-60}
 DATA=${DATA:-.gpu-data/cifar10_jpeg.npz}
-mkdir -p "$OUT"
-export KERAS_BACKEND=${KERAS_BACKEND:-jax} XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
-if ! python3 -c "import keras" 2>/dev/null; then  # the GPU machine: no Keras
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-(nvidia-smi -L 2>/dev/null || echo "no nvidia-smi") | tee "$OUT/log.txt"
+source benchmarks/gpu_setup.sh
 runs=$(mktemp -d)
 left() {  # seconds until $1 seconds after the start, at least 30
   local n=$(( $1 - $(date +%s) + start )); echo $(( n < 30 ? 30 : n ))

@@ -28,15 +28,7 @@ DATA=${DATA:-.gpu-data/cifar100_jpeg.npz}
 METHODS=${METHODS:-baseline,sgs_mi}
 SEEDS=${SEEDS:-0,1,2}
 SECONDS_LIMIT=${SECONDS_LIMIT:-560}
-mkdir -p "$OUT"
-export KERAS_BACKEND=${KERAS_BACKEND:-jax} XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
-if ! python3 -c "import keras" 2>/dev/null; then  # the GPU machine: no Keras
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-(nvidia-smi -L 2>/dev/null || echo "no nvidia-smi") | tee "$OUT/log.txt"
+source benchmarks/gpu_setup.sh
 runs=$(mktemp -d)
 parallel=$(( $(tr ',' '\n' <<< "$METHODS" | wc -l) * $(tr ',' '\n' <<< "$SEEDS" | wc -l) ))
 # accuracy.py on CIFAR-100 with the study's settings

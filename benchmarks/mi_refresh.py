@@ -174,8 +174,8 @@ def measure(model, images):
         maps = [
             keras.ops.convert_to_numpy(m) for m in callback._capture(images)
         ]
-        reference = {
-            layer.name: authors_dependence(
+        reference = {  # keyed as refresh() keys its masks
+            layer.kernel.path: authors_dependence(
                 fmap, layer.kernel_size, layer.padding
             )
             for layer, fmap in zip(layers, maps)
@@ -243,7 +243,7 @@ def measure_application(
     if load:
         with np.load(weights + ".maps.npz") as saved:
             same_maps = {
-                layer.name: callback._estimate(layer, saved[layer.name])
+                layer.kernel.path: callback._estimate(layer, saved[layer.name])
                 for layer in layers
                 if layer.name in saved
             }
