@@ -66,11 +66,7 @@ def train_method(method):
             "output_dir": os.path.join(FLAGS.output_dir, method),
         }
     )
-    # As `train_cifar.main` sets them.
-    config.dataset = config.dataset or config.tfds_name or "cifar10"
-    config.head = config.head or train_cifar.DATASETS[config.dataset][3]
-    task = train_cifar.make_task(config.dataset, config.head)
-    return training.train(config, task)
+    return training.train(config, train_cifar.task_from_flags(config))
 
 
 def table(results):

@@ -59,13 +59,16 @@ SAVED_MODEL_TOLERANCE = 1e-3
 def run_task(recorded):
     """The `pipelines.Task` of the script that made the run."""
     # Each script defines its flags on import: import only the one needed.
+    values = recorded["flags"]
     if recorded["task"] == "cifar":
         import train_cifar
 
-        return train_cifar.TASK
+        # Runs recorded before --dataset and --head: CIFAR-10, linear.
+        return train_cifar.make_task(
+            values.get("dataset", "cifar10"), values.get("head", "linear")
+        )
     import train_imagenet
 
-    values = recorded["flags"]
     return train_imagenet.make_task(
         values["image_size"], values["label_offset"], None
     )

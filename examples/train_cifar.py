@@ -170,12 +170,18 @@ def make_task(dataset, head):
     )
 
 
-def main(argv):
-    del argv
-    config = flags.FLAGS
+def task_from_flags(config):
+    """The `pipelines.Task` of the flag values `config`, whose `dataset`
+    (from --tfds_name, else cifar10) and `head` (the data set's) are set
+    where not given, so that the run records them."""
     config.dataset = config.dataset or config.tfds_name or "cifar10"
     config.head = config.head or DATASETS[config.dataset][3]
-    training.train(config, make_task(config.dataset, config.head))
+    return make_task(config.dataset, config.head)
+
+
+def main(argv):
+    del argv
+    training.train(flags.FLAGS, task_from_flags(flags.FLAGS))
 
 
 if __name__ == "__main__":
