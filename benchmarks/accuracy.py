@@ -57,12 +57,12 @@ import time
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import cifar  # noqa: E402
+import paired  # noqa: E402
 import keras  # noqa: E402  (after the JAX setting above)
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from common import device_description  # noqa: E402
-from common import write_table  # noqa: E402
 
 import keras_sgs  # noqa: E402
 from keras_sgs.plotting import model_masks  # noqa: E402
@@ -248,29 +248,84 @@ def main(argv):
             for result in pool.imap_unordered(train_run, jobs):
                 print(run_line(result), flush=True)
                 results.append(result)
-    write_table(
-        FLAGS.output, table(results, len(train_images), len(test_images))
+    del results  # the table holds every finished run of the folder
+    command = (
+        f"Command: `KERAS_BACKEND={keras.backend.backend()} "
+        + " ".join(["python3", os.path.relpath(sys.argv[0])] + sys.argv[1:])
+        + "`"
     )
+    write_study_table(FLAGS.output, new_command=command)
 
 
 def retabulate(output):
-    """Writes `output`'s table again from the finished runs in its folder;
-    the first line keeps the command that trained them."""
-    runs_dir = pathlib.Path(output).with_suffix("")
-    results = []
-    for path in sorted(runs_dir.glob("*.json")):
+    """Writes `output`'s table again from the finished runs in its folder,
+    under the commands that trained them."""
+    again = " ".join(["python3", os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    write_study_table(output, tabulated_by=f"Tabulated again by `{again}`.")
+
+
+# Settings every run of one table shares (runs of a study may come from
+# several commands, e.g. more seeds later).
+SHARED_SETTINGS = (
+    "dataset",
+    "model",
+    "head",
+    "epochs",
+    "width",
+    "train_images",
+    "test_images",
+)
+
+
+def finished_runs(runs_dir):
+    """The finished runs' dicts in `runs_dir`, after checking that they
+    share `SHARED_SETTINGS`; an `app.UsageError` when there is none, or
+    when one differs (naming its file)."""
+    results, first_path = [], None
+    for path in sorted(pathlib.Path(runs_dir).glob("*.json")):
         with open(path) as f:
             run = json.load(f)
-        if run.get("finished"):
-            results.append(run)
+        if not run.get("finished"):
+            continue
+        if results:
+            differ = [
+                f"{key}={run.get(key)!r} (not {results[0].get(key)!r})"
+                for key in SHARED_SETTINGS
+                if run.get(key) != results[0].get(key)
+            ]
+            if differ:
+                raise app.UsageError(
+                    f"{path.name} is not a run of the study in {runs_dir} "
+                    f"(as {first_path.name} is): {', '.join(differ)}. "
+                    "Write each setting's runs to their own --output."
+                )
+        else:
+            first_path = path
+        results.append(run)
     if not results:
         raise app.UsageError(f"{runs_dir} holds no finished run.")
+    return results
+
+
+def write_study_table(output, new_command=None, tabulated_by=None):
+    """Writes `output`: the commands that trained the runs (those already
+    at the top of `output`, then `new_command`), `tabulated_by`, and the
+    table of every finished run in `output`'s folder."""
+    results = finished_runs(pathlib.Path(output).with_suffix(""))
+    commands = []
+    if os.path.exists(output):
+        for line in pathlib.Path(output).read_text().splitlines():
+            if not line.startswith("Command: "):
+                break
+            commands.append(line)
+    if new_command and new_command not in commands:
+        commands.append(new_command)
     first = results[0]
     text = table(results, first["train_images"], first["test_images"])
-    command = pathlib.Path(output).read_text().splitlines()[0]
-    again = " ".join(["python3", os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    header = commands + ([tabulated_by] if tabulated_by else [])
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     with open(output, "w") as f:
-        f.write(f"{command}\nTabulated again by `{again}`.\n\n{text}\n")
+        f.write("\n".join(header) + f"\n\n{text}\n")
     print(text)
 
 
@@ -522,18 +577,74 @@ def refresh_columns(runs):
     )
 
 
-def difference(runs, baseline_runs, key, unit):
-    """`runs`' mean of `key` against the baseline's: points of accuracy
-    (`unit="points"`) or a ratio of medians (`unit="ratio"`); "" without
+def ratio_to_baseline(runs, baseline_runs, key):
+    """The median of `key` over `runs` against the baseline's; "" without
     a baseline or for the baseline itself."""
     if not baseline_runs or runs is baseline_runs:
         return ""
-    if unit == "points":
-        mean = statistics.mean(r[key] for r in runs)
-        base = statistics.mean(r[key] for r in baseline_runs)
-        return f"{100 * (mean - base):+.2f}"
     median = statistics.median(r[key] for r in runs)
     return f"{median / statistics.median(r[key] for r in baseline_runs):.3f}"
+
+
+# The paired comparisons of the table, where both methods have runs:
+# every method against the baseline, SGS-MI against the branched models,
+# ACNet's mask alone against the ACNet branches with their BatchNorm (the
+# theorem's pair), and learned masks against that fixed one.
+CONTRASTS = [(m, "baseline") for m in METHODS[1:]] + [
+    ("sgs_mi", "acb"),
+    ("sgs_mi", "repvgg"),
+    ("sgs_constant", "acb"),
+    ("sgs_mi", "sgs_constant"),
+]
+
+
+def deployed_top1(run):
+    """The test top-1 of the model one deploys: fused for the branched
+    methods, as trained for the others."""
+    return run.get("fused_test_top1", run["test_top1"])
+
+
+def paired_lines(by_method):
+    """Markdown rows of the paired comparisons (`CONTRASTS`) of
+    `by_method` (method -> its runs), in points of deployed top-1."""
+    lines = []
+    for method, reference in CONTRASTS:
+        if method not in by_method or reference not in by_method:
+            continue
+        values, base = (
+            {r["seed"]: 100 * deployed_top1(r) for r in by_method[m]}
+            for m in (method, reference)
+        )
+        d = paired.paired_difference(values, base)
+        if d is None:
+            continue
+        seeds = ", ".join(
+            f"{diff:+.2f} ({seed})"
+            for seed, diff in zip(d["seeds"], d["differences"])
+        )
+        spread = "" if d["std"] is None else f"{d['std']:.2f}"
+        interval = (
+            ""
+            if d["low"] is None
+            else f"[{d['low']:+.2f}, {d['high']:+.2f}]"
+        )
+        lines.append(
+            f"| {method} - {reference} | {len(d['seeds'])} | {seeds} | "
+            f"{d['mean']:+.2f} | {spread} | {interval} |"
+        )
+    if not lines:
+        return []
+    return [
+        "",
+        "Paired by seed (a seed's runs share their data order and "
+        "augmentation, and their initial weights where the models match), "
+        "deployed top-1 (fused for acb and repvgg), points:",
+        "",
+        "| comparison | pairs | difference per seed (seed) | mean "
+        "| std | 95% interval (Student t) |",
+        "|---|---|---|---|---|---|",
+        *lines,
+    ]
 
 
 def reference_lines(dataset, model, epochs, width):
@@ -583,7 +694,8 @@ def mask_pattern(runs):
 
 
 def table(results, train_images, test_images):
-    """The markdown table of `results` (one dict per run)."""
+    """The markdown table of `results` (one dict per run): each method's
+    mean, spread and per-seed top-1, then the paired comparisons."""
     by_method = {}
     for r in sorted(
         results, key=lambda r: (METHODS.index(r["method"]), r["seed"])
@@ -599,7 +711,7 @@ def table(results, train_images, test_images):
         f"{first['dataset']}; the authors' recipe (see "
         "benchmarks/accuracy.py).",
         "",
-        "| method | seeds | test top-1 (%) | vs baseline (points) "
+        "| method | seeds | test top-1 (%) | per seed (seed) "
         "| fused top-1 (%) | s/epoch | s/epoch vs baseline "
         "| MI refreshes per run | first refresh (s) | warm refresh (s) "
         "| warm refresh / epoch |",
@@ -611,20 +723,23 @@ def table(results, train_images, test_images):
             if method in CONV_TYPES
             else ""
         )
+        per_seed = ", ".join(
+            f"{100 * r['test_top1']:.2f} ({r['seed']})" for r in runs
+        )
         first_refresh, warm, share = refresh_columns(runs)
         seconds = statistics.median(r["seconds_per_epoch"] for r in runs)
         lines.append(
             f"| {method} | {len(runs)} | "
-            f"{mean_std([r['test_top1'] for r in runs])} | "
-            f"{difference(runs, baseline_runs, 'test_top1', 'points')} | "
+            f"{mean_std([r['test_top1'] for r in runs])} | {per_seed} | "
             f"{fused} | {seconds:.2f} | "
-            f"{difference(runs, baseline_runs, 'seconds_per_epoch', 'ratio')}"
+            f"{ratio_to_baseline(runs, baseline_runs, 'seconds_per_epoch')}"
             f" | {len(runs[0]['mi_refresh_seconds'])} | {first_refresh} | "
             f"{warm} | {share} |"
         )
     lines += reference_lines(
         first["dataset"], first["model"], first["epochs"], first["width"]
     )
+    lines += paired_lines(by_method)
     pattern = mask_pattern(by_method.get("sgs_mi", []))
     return "\n".join(lines + (["", pattern] if pattern else []))
 

@@ -9,4 +9,5 @@ if ! python3 -c "import keras" 2>/dev/null; then  # the GPU machine: no Keras
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-(nvidia-smi -L 2>/dev/null || echo "no nvidia-smi") | tee "$OUT/log.txt"
+# The GPU by name (nvidia-smi -L would add its UUID, of no use to a reader).
+(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no nvidia-smi") | tee "$OUT/log.txt"

@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import accuracy  # noqa: E402
 import cifar  # noqa: E402
+import paired  # noqa: E402
 from epochs_that_fit import epochs_that_fit  # noqa: E402
 
 CIFAR100_TRAIN = str(CIFAR100_DIR / "train-00000-of-00008.tfrecord")
@@ -161,6 +162,14 @@ def test_smoke_run_on_cifar100_writes_runs_and_table(tmp_path):
     assert masks.shape == (8, 3, 3) and not np.allclose(masks, 1)
     np.testing.assert_allclose(masks.mean(axis=(1, 2)), 1, rtol=1e-5)
     assert "Learned 3x3 masks (8: layers x runs): centre largest in" in text
+    # The pairing: the warm-up epoch trains both with ones masks, from the
+    # same initial weights on the same batches, so its logs are identical.
+    with open(tmp_path / "accuracy" / "vgg11_baseline_seed0.json") as f:
+        baseline = json.load(f)
+    assert baseline["train_loss"][0] == run["train_loss"][0]
+    assert baseline["train_top1"][0] == run["train_top1"][0]
+    assert baseline["train_loss"][1] != run["train_loss"][1]  # masks differ
+    assert "| sgs_mi - baseline | 1 | " in text
     # The table again from the runs' files, under the training command.
     table.write_text(text.replace("| sgs_mi |", "| edited |"))
     accuracy.retabulate(str(table))
@@ -183,39 +192,142 @@ def test_check_labels_refuses_labels_of_another_data_set():
         cifar.check_labels(np.array([-1, 3]), "cifar10", "records")
 
 
-def test_table_sets_each_method_against_the_baseline():
-    def run(method, seed, top1, seconds, refreshes=()):
-        return {
-            "dataset": "cifar100",
-            "model": "vgg11",
-            "head": "mlp",
-            "width": 1.0,
-            "epochs": 200,
-            "device": "jax, NVIDIA H100",
-            "method": method,
-            "seed": seed,
-            "test_top1": top1,
-            "seconds_per_epoch": seconds,
-            "mi_refresh_seconds": list(refreshes),
-        }
+def fake_run(method, seed, top1, seconds=10.0, refreshes=(), **settings):
+    """A finished run's dict as `accuracy.py` writes it."""
+    run = {
+        "dataset": "cifar100",
+        "model": "vgg11",
+        "head": "mlp",
+        "width": 1.0,
+        "epochs": 200,
+        "train_images": 50000,
+        "test_images": 10000,
+        "device": "jax, NVIDIA H100",
+        "method": method,
+        "seed": seed,
+        "test_top1": top1,
+        "seconds_per_epoch": seconds,
+        "mi_refresh_seconds": list(refreshes),
+        "finished": True,
+    }
+    if method in accuracy.CONV_TYPES:
+        run["fused_test_top1"] = top1 - 0.001
+    return dict(run, **settings)
 
+
+def test_table_sets_each_method_against_the_baseline():
     results = [
-        run("baseline", 0, 0.70, 10.0),
-        run("baseline", 1, 0.72, 12.0),
-        run("sgs_mi", 0, 0.73, 10.4, (3.0, 0.5, 0.7)),
-        run("sgs_mi", 1, 0.74, 11.2, (2.0, 0.6, 0.8)),
+        fake_run("baseline", 0, 0.70, 10.0),
+        fake_run("baseline", 1, 0.72, 12.0),
+        fake_run("sgs_mi", 0, 0.73, 10.4, (3.0, 0.5, 0.7)),
+        fake_run("sgs_mi", 1, 0.74, 11.2, (2.0, 0.6, 0.8)),
     ]
     lines = accuracy.table(results, 50000, 10000).splitlines()
     assert "of cifar100" in lines[0] and "(mlp head, width 1.0)" in lines[0]
-    rows = {line.split(" | ")[0]: line.split(" | ") for line in lines[4:]}
-    # Means 71.00 and 73.50: +2.50 points; medians 11.0 and 10.8 s.
-    assert rows["| baseline"][2:5] == ["71.00 ± 1.41", "", ""]
-    assert rows["| sgs_mi"][2:4] == ["73.50 ± 0.71", "+2.50"]
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in lines[4:8]}
+    # Means 71.00 and 73.50; medians 11.0 and 10.8 s.
+    assert rows["| baseline"][2:5] == ["71.00 ± 1.41", "70.00 (0), 72.00 (1)", ""]
+    assert rows["| sgs_mi"][2:4] == ["73.50 ± 0.71", "73.00 (0), 74.00 (1)"]
     assert rows["| sgs_mi"][5:7] == ["10.80", "0.982"]
     # First refreshes 3.0, 2.0 (median 2.5); warm 0.5-0.8 (median 0.65).
     assert rows["| sgs_mi"][7:10] == ["3", "2.50", "0.65"]
-    assert "| paper: baseline |  | 70.8 ± 0.1 |" in lines[-2]
-    assert "| paper: SGS |  | 73.2 ± 0.1 |" in lines[-1]
+    assert "| paper: baseline |  | 70.8 ± 0.1 |" in lines[6]
+    assert "| paper: SGS |  | 73.2 ± 0.1 |" in lines[7]
+    # Paired: +3 and +2 points, mean 2.5, std 0.707, t(0.975, 1) = 12.706:
+    # 2.5 -+ 12.706 * 0.707 / sqrt(2) = 2.5 -+ 6.35.
+    assert lines[-1] == (
+        "| sgs_mi - baseline | 2 | +3.00 (0), +2.00 (1) | +2.50 | 0.71 "
+        "| [-3.85, +8.85] |"
+    )
+
+
+def test_paired_comparisons_use_shared_seeds_and_fused_top1():
+    results = [
+        fake_run("baseline", s, v) for s, v in enumerate([0.70, 0.72, 0.71])
+    ] + [
+        fake_run("sgs_mi", s, v) for s, v in enumerate([0.72, 0.73, 0.74])
+    ] + [fake_run("acb", s, v) for s, v in [(0, 0.731), (1, 0.741)]]
+    text = accuracy.table(results, 50000, 10000)
+    rows = {
+        line.split(" | ")[0]: line
+        for line in text.splitlines()
+        if " - " in line.split(" | ")[0]
+    }
+    # sgs_mi - baseline: +2, +1, +3 -> mean 2, std 1, t(0.975, 2) = 4.3027.
+    assert rows["| sgs_mi - baseline"] == (
+        "| sgs_mi - baseline | 3 | +2.00 (0), +1.00 (1), +3.00 (2) | +2.00 "
+        "| 1.00 | [-0.48, +4.48] |"
+    )
+    # acb against the baseline on seeds 0 and 1 only, its fused top-1
+    # (0.730, 0.740): +3 and +2.
+    assert rows["| acb - baseline"].startswith(
+        "| acb - baseline | 2 | +3.00 (0), +2.00 (1) | +2.50 |"
+    )
+    assert rows["| sgs_mi - acb"].startswith(
+        "| sgs_mi - acb | 2 | -1.00 (0), -1.00 (1) | -1.00 | 0.00 |"
+    )
+    assert "| sgs_constant" not in text and "| repvgg" not in text
+
+
+def test_paired_statistics_against_scipy():
+    from scipy import stats
+
+    for df in range(1, 15):
+        for t in (0.2, 1.0, 2.2, 6.0):
+            expected = stats.t.cdf(t, df) - stats.t.cdf(-t, df)
+            assert paired.t_cdf_two_sided(t, df) == pytest.approx(
+                expected, abs=1e-12
+            )
+        assert paired.t_quantile(0.95, df) == pytest.approx(
+            stats.t.ppf(0.975, df), rel=1e-10
+        )
+    d = paired.paired_difference({0: 1.0, 1: 2.0, 2: 3.0, 3: 9.0}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert d["seeds"] == [0, 1, 2] and d["differences"] == [1.0, 2.0, 3.0]
+    assert (d["mean"], d["std"]) == (2.0, 1.0)
+    half = stats.t.ppf(0.975, 2) / np.sqrt(3)
+    assert (d["low"], d["high"]) == pytest.approx((2 - half, 2 + half))
+    one = paired.paired_difference({5: 0.5}, {5: 0.25})
+    assert one["mean"] == 0.25 and one["std"] is one["low"] is None
+    assert paired.paired_difference({0: 1.0}, {1: 1.0}) is None
+    with pytest.raises(ValueError, match="Received: df=0"):
+        paired.t_cdf_two_sided(1.0, 0)
+
+
+def test_retabulate_joins_the_commands_and_runs_of_one_study(tmp_path):
+    """A study trained by two commands (more seeds, then other methods):
+    the table holds every finished run and both commands; a run of other
+    settings in the folder is refused, naming its file."""
+    runs_dir = tmp_path / "study"
+    runs_dir.mkdir()
+    runs = [fake_run("baseline", s, 0.70 + s / 100) for s in range(3)] + [
+        fake_run("sgs_mi", s, 0.71 + s / 100) for s in range(3)
+    ] + [fake_run("repvgg", s, 0.75) for s in (0, 1)]
+    runs.append(dict(fake_run("acb", 0, 0.9), finished=False))  # cut short
+    for r in runs:
+        with open(runs_dir / f"vgg11_{r['method']}_seed{r['seed']}.json", "w") as f:
+            json.dump(r, f)
+    table = tmp_path / "study.md"
+    table.write_text("Command: `one`\nTabulated again by `x`.\n\nold\n")
+    accuracy.write_study_table(str(table), new_command="Command: `two`")
+    lines = table.read_text().splitlines()
+    assert lines[:2] == ["Command: `one`", "Command: `two`"]
+    text = table.read_text()
+    assert "| baseline | 3 |" in text and "| sgs_mi | 3 |" in text
+    assert "| repvgg | 2 |" in text and "| acb |" not in text
+    assert "| repvgg - baseline | 2 | +4.90 (0), +3.90 (1) |" in text
+    assert "| sgs_mi - repvgg | 2 | -3.90 (0), -2.90 (1) |" in text
+    accuracy.write_study_table(str(table), tabulated_by="Tabulated again.")
+    assert table.read_text().splitlines()[:3] == [
+        "Command: `one`", "Command: `two`", "Tabulated again."
+    ]
+    with open(runs_dir / "vgg11_baseline_seed9.json", "w") as f:
+        json.dump(fake_run("baseline", 9, 0.7, epochs=20), f)
+    with pytest.raises(
+        accuracy.app.UsageError,
+        match=r"vgg11_baseline_seed9.json is not a run of the study .* "
+        r"epochs=20 \(not 200\)",
+    ):
+        accuracy.retabulate(str(table))
 
 
 def test_mask_pattern_against_the_papers_figure():
