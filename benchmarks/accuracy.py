@@ -57,9 +57,9 @@ import time
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import cifar  # noqa: E402
-import paired  # noqa: E402
 import keras  # noqa: E402  (after the JAX setting above)
 import numpy as np  # noqa: E402
+import paired  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from common import device_description  # noqa: E402
@@ -624,9 +624,7 @@ def paired_lines(by_method):
         )
         spread = "" if d["std"] is None else f"{d['std']:.2f}"
         interval = (
-            ""
-            if d["low"] is None
-            else f"[{d['low']:+.2f}, {d['high']:+.2f}]"
+            "" if d["low"] is None else f"[{d['low']:+.2f}, {d['high']:+.2f}]"
         )
         lines.append(
             f"| {method} - {reference} | {len(d['seeds'])} | {seeds} | "

@@ -28,16 +28,16 @@ def t_cdf_two_sided(t, df):
         raise ValueError(f"`df` must be an int >= 1. Received: df={df!r}")
     theta = math.atan(t / math.sqrt(df))
     c2 = math.cos(theta) ** 2
-    if df % 2:  # odd: (2/pi) (theta + sin cos (1 + 2/3 c2 + 2*4/(3*5) c2^2 ...))
+    if (
+        df % 2
+    ):  # odd: (2/pi) (theta + sin cos (1 + 2/3 c2 + 2*4/(3*5) c2^2 ...))
         term, total = 1.0, 0.0
         if df > 1:
             total = 1.0
             for j in range(1, (df - 1) // 2):
                 term *= (2 * j) / (2 * j + 1) * c2
                 total += term
-        return (
-            2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
-        )
+        return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
     # even: sin (1 + 1/2 c2 + 1*3/(2*4) c2^2 + ...), df/2 terms
     term, total = 1.0, 1.0
     for j in range(1, df // 2):
@@ -94,8 +94,8 @@ def paired_difference(values, reference, confidence=0.95):
     }
     if len(seeds) > 1:
         std = statistics.stdev(differences)
-        half = t_quantile(confidence, len(seeds) - 1) * std / math.sqrt(
-            len(seeds)
+        half = (
+            t_quantile(confidence, len(seeds) - 1) * std / math.sqrt(len(seeds))
         )
         result.update(
             std=std, low=result["mean"] - half, high=result["mean"] + half

@@ -226,7 +226,11 @@ def test_table_sets_each_method_against_the_baseline():
     assert "of cifar100" in lines[0] and "(mlp head, width 1.0)" in lines[0]
     rows = {line.split(" | ")[0]: line.split(" | ") for line in lines[4:8]}
     # Means 71.00 and 73.50; medians 11.0 and 10.8 s.
-    assert rows["| baseline"][2:5] == ["71.00 ± 1.41", "70.00 (0), 72.00 (1)", ""]
+    assert rows["| baseline"][2:5] == [
+        "71.00 ± 1.41",
+        "70.00 (0), 72.00 (1)",
+        "",
+    ]
     assert rows["| sgs_mi"][2:4] == ["73.50 ± 0.71", "73.00 (0), 74.00 (1)"]
     assert rows["| sgs_mi"][5:7] == ["10.80", "0.982"]
     # First refreshes 3.0, 2.0 (median 2.5); warm 0.5-0.8 (median 0.65).
@@ -242,11 +246,11 @@ def test_table_sets_each_method_against_the_baseline():
 
 
 def test_paired_comparisons_use_shared_seeds_and_fused_top1():
-    results = [
-        fake_run("baseline", s, v) for s, v in enumerate([0.70, 0.72, 0.71])
-    ] + [
-        fake_run("sgs_mi", s, v) for s, v in enumerate([0.72, 0.73, 0.74])
-    ] + [fake_run("acb", s, v) for s, v in [(0, 0.731), (1, 0.741)]]
+    results = (
+        [fake_run("baseline", s, v) for s, v in enumerate([0.70, 0.72, 0.71])]
+        + [fake_run("sgs_mi", s, v) for s, v in enumerate([0.72, 0.73, 0.74])]
+        + [fake_run("acb", s, v) for s, v in [(0, 0.731), (1, 0.741)]]
+    )
     text = accuracy.table(results, 50000, 10000)
     rows = {
         line.split(" | ")[0]: line
@@ -281,7 +285,9 @@ def test_paired_statistics_against_scipy():
         assert paired.t_quantile(0.95, df) == pytest.approx(
             stats.t.ppf(0.975, df), rel=1e-10
         )
-    d = paired.paired_difference({0: 1.0, 1: 2.0, 2: 3.0, 3: 9.0}, {0: 0.0, 1: 0.0, 2: 0.0})
+    d = paired.paired_difference(
+        {0: 1.0, 1: 2.0, 2: 3.0, 3: 9.0}, {0: 0.0, 1: 0.0, 2: 0.0}
+    )
     assert d["seeds"] == [0, 1, 2] and d["differences"] == [1.0, 2.0, 3.0]
     assert (d["mean"], d["std"]) == (2.0, 1.0)
     half = stats.t.ppf(0.975, 2) / np.sqrt(3)
@@ -299,12 +305,16 @@ def test_retabulate_joins_the_commands_and_runs_of_one_study(tmp_path):
     settings in the folder is refused, naming its file."""
     runs_dir = tmp_path / "study"
     runs_dir.mkdir()
-    runs = [fake_run("baseline", s, 0.70 + s / 100) for s in range(3)] + [
-        fake_run("sgs_mi", s, 0.71 + s / 100) for s in range(3)
-    ] + [fake_run("repvgg", s, 0.75) for s in (0, 1)]
+    runs = (
+        [fake_run("baseline", s, 0.70 + s / 100) for s in range(3)]
+        + [fake_run("sgs_mi", s, 0.71 + s / 100) for s in range(3)]
+        + [fake_run("repvgg", s, 0.75) for s in (0, 1)]
+    )
     runs.append(dict(fake_run("acb", 0, 0.9), finished=False))  # cut short
     for r in runs:
-        with open(runs_dir / f"vgg11_{r['method']}_seed{r['seed']}.json", "w") as f:
+        with open(
+            runs_dir / f"vgg11_{r['method']}_seed{r['seed']}.json", "w"
+        ) as f:
             json.dump(r, f)
     table = tmp_path / "study.md"
     table.write_text("Command: `one`\nTabulated again by `x`.\n\nold\n")
@@ -318,7 +328,9 @@ def test_retabulate_joins_the_commands_and_runs_of_one_study(tmp_path):
     assert "| sgs_mi - repvgg | 2 | -3.90 (0), -2.90 (1) |" in text
     accuracy.write_study_table(str(table), tabulated_by="Tabulated again.")
     assert table.read_text().splitlines()[:3] == [
-        "Command: `one`", "Command: `two`", "Tabulated again."
+        "Command: `one`",
+        "Command: `two`",
+        "Tabulated again.",
     ]
     with open(runs_dir / "vgg11_baseline_seed9.json", "w") as f:
         json.dump(fake_run("baseline", 9, 0.7, epochs=20), f)
