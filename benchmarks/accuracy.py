@@ -287,6 +287,10 @@ def finished_runs(runs_dir):
             run = json.load(f)
         if not run.get("finished"):
             continue
+        # Runs written before CIFAR-100 and `--head` were CIFAR-10 runs
+        # with the linear classifier.
+        run.setdefault("dataset", "cifar10")
+        run.setdefault("head", "linear")
         if results:
             differ = [
                 f"{key}={run.get(key)!r} (not {results[0].get(key)!r})"
