@@ -49,8 +49,10 @@ class MIScalingCallback(keras.callbacks.Callback):
     """Recomputes every SGS mask from mutual information (the paper's SGS-MI).
 
     At the start of epoch `warmup`, and then every `every` epochs, the model
-    runs in inference mode on a fixed held-out batch, the input of every conv
-    layer whose kernel the model's `SGSWrapper` scales is captured, and the
+    runs in inference mode on a fixed batch of `data` (a few training
+    images with the evaluation preprocessing, as the authors use), the
+    input of every conv layer whose kernel the model's `SGSWrapper` scales
+    is captured, and the
     layer's mask becomes `dependence_to_scaling(spatial_dependence(input))`
     (see `spatial_dependence`). Before epoch `warmup` the masks keep their
     initial value (ones). Masks are only changed at epoch boundaries.
@@ -108,15 +110,16 @@ class MIScalingCallback(keras.callbacks.Callback):
     model.fit(
         train_ds,
         epochs=30,
-        callbacks=[keras_sgs.MIScalingCallback(held_out_images, every=5)],
+        callbacks=[keras_sgs.MIScalingCallback(x_train[:256], every=5)],
     )
     ```
 
     Args:
-        data: held-out data in a form `fit` takes: arrays (`x`, a dict of
-            arrays, or an `(x, y)` / `(x, y, sample_weight)` tuple or
-            list), or a source of such batches (`tf.data.Dataset`,
-            `keras.utils.PyDataset`, generator or iterator, PyTorch
+        data: the images to estimate from, in a form `fit` takes:
+            arrays (`x`, a dict of arrays, or an `(x, y)` /
+            `(x, y, sample_weight)` tuple or list), or a source of such
+            batches (`tf.data.Dataset`, `keras.utils.PyDataset`,
+            generator or iterator, PyTorch
             `DataLoader`) from which the first `num_batches` are taken
             once. Only the inputs are kept, at most the first
             `max_images`.
@@ -133,7 +136,7 @@ class MIScalingCallback(keras.callbacks.Callback):
             Defaults to 0.
         num_batches: int >= 1. Batches taken from an iterable `data`.
             Defaults to 2 (the authors' setting).
-        max_images: int >= 1. Held-out inputs kept (the first ones), from
+        max_images: int >= 1. Inputs kept (the first ones), from
             arrays and iterables alike: one refresh runs the model on all of
             them at once. Defaults to 512 (the authors use 2 batches of 128
             on CIFAR, of 256 on ImageNet).
