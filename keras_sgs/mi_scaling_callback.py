@@ -50,7 +50,7 @@ class MIScalingCallback(keras.callbacks.Callback):
 
     At the start of epoch `warmup`, and then every `every` epochs, the model
     runs in inference mode on a fixed batch of `data` (a few training
-    images with the evaluation preprocessing, as the authors use), the
+    images, e.g. with the evaluation preprocessing), the
     input of every conv layer whose kernel the model's `SGSWrapper` scales
     is captured, and the
     layer's mask becomes `dependence_to_scaling(spatial_dependence(input))`
