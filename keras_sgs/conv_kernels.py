@@ -53,6 +53,23 @@ def spatial_kernels(layer):
     ]
 
 
+def _not_converted_by_autograph(fn):
+    """`fn` as plain Python inside a user's `tf.function` too.
+
+    AutoGraph rewrites the Python control flow of every function a
+    `tf.function` calls, and marks a loop variable as undefined with a
+    sentinel object before the loop; scanning `gc.get_objects()` meets that
+    sentinel and fails ("'obj' is used before assignment"). The scan is
+    bookkeeping, never graph code. Identity on the other backends.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return fn
+    import tensorflow as tf
+
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
+@_not_converted_by_autograph
 def conv_kernel_owners(variables):
     """Maps each scaled conv kernel in `variables` to the layer owning it.
 

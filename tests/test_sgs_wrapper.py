@@ -1625,3 +1625,48 @@ def test_masks_have_their_own_layout_under_model_parallel():
     assert not np.allclose(c1_mask, 1.0)  # refreshed
     assert c2_spec == [None, None, None, "model"]
     assert np.shape(c2_mask) == (3, 3, 1, 4)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.function")
+@pytest.mark.parametrize("mode", ["gradient", "update"])
+def test_first_apply_inside_a_user_tf_function_builds_the_wrapper(mode):
+    """keras.io's custom training loop on TensorFlow: the optimizer is
+    built by its first `apply` inside the user's `tf.function`, where
+    AutoGraph rewrites the Python it calls. With ones masks the step is
+    plain SGD's, weight for weight."""
+    import tensorflow as tf
+
+    def model_and_step(optimizer):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input((8, 8, 3)),
+                keras.layers.Conv2D(4, 3),
+                keras.layers.Flatten(),
+                keras.layers.Dense(2),
+            ]
+        )
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+        @tf.function  # autograph=True, the default
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_weights)
+            optimizer.apply(grads, model.trainable_weights)
+
+        return model, step
+
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    y = np.array([0, 1, 1, 0])
+    wrapper = keras_sgs.SGSWrapper(keras.optimizers.SGD(0.1), mode=mode)
+    model, step = model_and_step(wrapper)
+    step(x, y)
+    step(x, y)
+    reference, reference_step = model_and_step(keras.optimizers.SGD(0.1))
+    reference_step(x, y)
+    reference_step(x, y)
+    assert wrapper.built and wrapper.iterations.numpy() == 2
+    for w, r in zip(model.weights, reference.weights):
+        # "update": W_old + 1 * (W_new - W_old), equal up to rounding.
+        np.testing.assert_allclose(w.numpy(), r.numpy(), rtol=0, atol=1e-7)
