@@ -525,18 +525,33 @@ def _input_structure(model):
 
 
 def _check_inputs_fit_model(inputs, model):
-    """Raises a `ValueError` when the held-out inputs cannot be the model's:
-    another number of arrays, or a dict without some input of a model that
-    takes a dict. Models whose inputs are not known pass."""
+    """Raises a `ValueError` when the inputs cannot be the model's: another
+    number of arrays, a dict without some input of a model that takes a
+    dict, or an array whose rank or known dimensions (past the batch axis)
+    differ from its input's. Models whose inputs are not known pass."""
     expected = _input_structure(model)
     if expected is None:
         return
     if isinstance(expected, dict) and isinstance(inputs, dict):
         fits = set(expected) <= set(inputs)
+        pairs = [(expected[k], inputs[k]) for k in expected] if fits else []
     else:
         fits = len(keras.tree.flatten(inputs)) == len(
             keras.tree.flatten(expected)
         )
+        pairs = zip(keras.tree.flatten(expected), keras.tree.flatten(inputs))
+    for spec, x in pairs if fits else []:
+        want, got = tuple(spec.shape), tuple(x.shape)
+        if len(got) != len(want) or any(
+            w is not None and w != g for w, g in zip(want[1:], got[1:])
+        ):
+            raise ValueError(
+                "MIScalingCallback: an input of `data` has the wrong shape "
+                f"for the model. Received: an array of shape {got}; the "
+                f"model's input `{spec.name}` takes shape {want} (the "
+                "first axis is the batch: pass images as a batch, e.g. "
+                "`x[None]` for one image)."
+            )
     if not fits:
         raise ValueError(
             "MIScalingCallback: the held-out inputs do not fit the model. "

@@ -1,6 +1,7 @@
 """MIScalingCallback: masks equal the estimator applied to each conv layer's
 real input, for every kind of model, on schedule, and robust to bad maps."""
 
+import re
 import warnings
 
 import keras
@@ -842,6 +843,43 @@ def test_held_out_data_in_the_forms_fit_takes(form, cifar10_train):
         form(images[:16], labels[:16]), num_batches=2
     )
     np.testing.assert_array_equal(callback.data, images[:16])
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(32, 32, 3), (1, 24, 24, 3), (1, 40, 40, 3), (1, 32, 32, 1)],
+    ids=["no batch axis", "24x24", "40x40", "1 channel"],
+)
+def test_inputs_of_the_wrong_shape_fail_before_training(shape):
+    """Found with keras.io's examples: these passed the start-of-fit check
+    and failed at the first refresh, after `warmup` epochs of training."""
+    model = compile_sgs(
+        keras.Sequential(
+            [
+                keras.Input((32, 32, 3)),
+                keras.layers.Conv2D(2, 3, padding="same"),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(2),
+            ]
+        )
+    )
+    data = np.zeros(shape, "float32")
+    epochs = []
+    count = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: epochs.append(epoch)
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"Received: an array of shape {re.escape(str(shape))}; the "
+        r"model's input `.*` takes shape \(None, 32, 32, 3\)",
+    ):
+        model.fit(
+            np.zeros((4, 32, 32, 3), "float32"),
+            np.zeros(4, "int32"),
+            verbose=0,
+            callbacks=[keras_sgs.MIScalingCallback(data, warmup=2), count],
+        )
+    assert epochs == []
 
 
 def test_inputs_are_checked_against_the_model_before_training(cifar10_train):
