@@ -47,10 +47,9 @@ def plot_masks(masks, path, columns=6):
     Returns:
         `path`.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own, without pyplot: the user's matplotlib backend
+    # (a notebook's, say) stays as it is, and no window opens.
+    from matplotlib.figure import Figure
 
     if not isinstance(masks, dict):
         masks = model_masks(masks)
@@ -58,9 +57,8 @@ def plot_masks(masks, path, columns=6):
         raise ValueError("`masks` is empty: there is nothing to plot.")
     rows = math.ceil(len(masks) / columns)
     cols = min(columns, len(masks))
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False
-    )
+    fig = Figure(figsize=(2.2 * cols, 2.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (name, mask) in zip(axes.ravel(), masks.items()):
@@ -84,5 +82,4 @@ def plot_masks(masks, path, columns=6):
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -52,3 +52,21 @@ def test_plot_masks_shows_the_spatial_mean_of_channel_masks(tmp_path):
     path = keras_sgs.plot_masks(model, str(tmp_path / "masks.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_masks_leaves_the_matplotlib_backend_as_it_found_it(tmp_path):
+    """A notebook's backend (here "svg") is the user's: plotting draws on a
+    Figure of its own and writes a PNG all the same."""
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        path = keras_sgs.plot_masks(
+            {"c": np.ones((3, 3))}, str(tmp_path / "m.png")
+        )
+        assert matplotlib.get_backend() == "svg"
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    finally:
+        matplotlib.use(before)
