@@ -22,13 +22,28 @@ from keras_sgs.sgs_wrapper import SGSWrapper
 
 
 def find_sgs_wrapper(optimizer):
-    """Returns the `SGSWrapper` in an optimizer chain (e.g. inside the
-    `LossScaleOptimizer` Keras adds under `mixed_float16`), or `None`."""
-    while optimizer is not None:
+    """Returns the `SGSWrapper` in `optimizer`, or `None`: the optimizer
+    itself, or one it holds, as a `LossScaleOptimizer` (which Keras adds
+    under `mixed_float16`) holds its `inner_optimizer` and a
+    `keras.optimizers.MultiOptimizer` its `optimizers`. Raises a
+    `ValueError` when it holds several (one callback refreshes one
+    wrapper's masks)."""
+    found, stack = [], [optimizer]
+    while stack:
+        optimizer = stack.pop()
         if isinstance(optimizer, SGSWrapper):
-            return optimizer
-        optimizer = getattr(optimizer, "inner_optimizer", None)
-    return None
+            found.append(optimizer)
+        elif optimizer is not None:
+            stack += getattr(optimizer, "optimizers", None) or []
+            stack.append(getattr(optimizer, "inner_optimizer", None))
+    if len(found) > 1:
+        raise ValueError(
+            "The model's optimizer holds several SGSWrappers; "
+            "MIScalingCallback and plot_masks read one. Wrap one "
+            "sub-optimizer of the MultiOptimizer. Received: "
+            f"{[w.name for w in found]}"
+        )
+    return found[0] if found else None
 
 
 def scaled_conv_layers(model, wrapper):

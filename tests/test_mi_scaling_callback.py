@@ -33,9 +33,7 @@ def find_layer(model, name):
 
 
 def mask_of(model, layer_name):
-    wrapper = model.optimizer
-    while not isinstance(wrapper, keras_sgs.SGSWrapper):
-        wrapper = wrapper.inner_optimizer
+    wrapper = keras_sgs.mi_scaling_callback.find_sgs_wrapper(model.optimizer)
     kernel = find_layer(model, layer_name).kernel
     return keras.ops.convert_to_numpy(wrapper.get_mask(kernel))[..., 0, 0]
 
@@ -933,3 +931,42 @@ def test_a_short_fit_with_the_callback_warns_nothing(cifar10_train):
             images[:16], labels[:16], epochs=2, verbose=0, callbacks=[callback]
         )
         keras_sgs.plotting.model_masks(model)  # the examples' masks.png
+
+
+def test_the_wrapper_inside_a_multi_optimizer(cifar10_train, tmp_path):
+    """The wrapper's own error message tells users to put it inside a
+    `MultiOptimizer`; the callback and plot_masks then find it there."""
+    images, labels = cifar10_train
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(4, 3, padding="same", name="c1"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10, name="head"),
+        ]
+    )
+    wrapper = keras_sgs.SGSWrapper(keras.optimizers.SGD(0.01), name="sgs")
+    optimizer = keras.optimizers.MultiOptimizer(
+        keras.optimizers.OptimizerMap(
+            keras.optimizers.Adam(1e-3), {".*/c1/.*": wrapper}
+        )
+    )
+    model.compile(optimizer, LOSS)
+    callback = keras_sgs.MIScalingCallback(images[:16], warmup=0)
+    model.fit(images[:32], labels[:32], verbose=0, callbacks=[callback])
+    np.testing.assert_allclose(
+        mask_of(model, "c1"), expected_mask(images[:16]), atol=1e-5
+    )
+    masks = keras_sgs.plotting.model_masks(model)
+    np.testing.assert_array_equal(masks["c1"], mask_of(model, "c1"))
+    two = keras.optimizers.MultiOptimizer(
+        keras.optimizers.OptimizerMap(
+            keras_sgs.SGSWrapper(keras.optimizers.SGD(), name="a"),
+            {"c1/.*": keras_sgs.SGSWrapper(keras.optimizers.SGD(), name="b")},
+        )
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"several SGSWrappers.*Received: \['(a', 'b|b', 'a)'\]",
+    ):
+        keras_sgs.mi_scaling_callback.find_sgs_wrapper(two)
