@@ -304,8 +304,10 @@ class MIScalingCallback(keras.callbacks.Callback):
             warnings.warn(
                 "MIScalingCallback leaves the layers of kernels "
                 f"{uncalled} at their current masks: the model's forward "
-                "pass does not call them (built but unused, they get no "
-                "gradient either), so their input cannot be captured.",
+                "pass (`model(x)`) does not call them, so their input "
+                "cannot be captured. They may still train, e.g. through a "
+                "custom `compute_loss` (a distiller's teacher), with those "
+                "masks.",
                 stacklevel=3,
             )
         called = [
@@ -322,10 +324,14 @@ class MIScalingCallback(keras.callbacks.Callback):
                 "keras_sgs.SGSWrapper optimizer. Received: optimizer="
                 f"{model.optimizer!r}"
             )
-        if not model.built or not model.variables:
+        if not model.variables or not all(
+            layer.built for layer in model._flatten_layers(include_self=False)
+        ):
             # A subclassed model or an Input-less Sequential before its
             # first step: nothing to select yet (and the optimizer must not
-            # be built on no variables).
+            # be built on no variables). Not `model.built`: on TensorFlow a
+            # subclassed model of built parts (keras.io's Distiller) is not
+            # `built` before its first step, though all its variables are.
             return wrapper, None
         if not model.optimizer.built:
             # On TensorFlow without a strategy, fit() builds the optimizer

@@ -970,3 +970,41 @@ def test_the_wrapper_inside_a_multi_optimizer(cifar10_train, tmp_path):
         match=r"several SGSWrappers.*Received: \['(a', 'b|b', 'a)'\]",
     ):
         keras_sgs.mi_scaling_callback.find_sgs_wrapper(two)
+
+
+def test_warmup_0_refreshes_a_subclassed_model_of_built_parts(cifar10_train):
+    """keras.io's Distiller pattern: `call` returns the student's output,
+    both parts are built, the subclassed model is not called before `fit`.
+    On TensorFlow the epoch-0 refresh was skipped ("no variables yet"),
+    while JAX and PyTorch refreshed."""
+    images, labels = cifar10_train
+
+    class Distiller(keras.Model):
+        def __init__(self, student, teacher):
+            super().__init__()
+            self.student, self.teacher = student, teacher
+
+        def call(self, x):
+            return self.student(x)
+
+    def part(name):
+        return keras.Sequential(
+            [
+                keras.Input((32, 32, 3)),
+                keras.layers.Conv2D(4, 3, padding="same", name=f"{name}_c"),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(10),
+            ],
+            name=name,
+        )
+
+    model = compile_sgs(Distiller(part("student"), part("teacher")))
+    callback = keras_sgs.MIScalingCallback(images[:16], warmup=0, every=5)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*no variables yet")
+        warnings.filterwarnings("ignore", message=".*does not call them")
+        model.fit(images[:32], labels[:32], verbose=0, callbacks=[callback])
+    # The refresh ran before the first step: the first conv saw the images.
+    np.testing.assert_allclose(
+        mask_of(model, "student_c"), expected_mask(images[:16]), atol=1e-5
+    )
