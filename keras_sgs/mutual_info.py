@@ -69,9 +69,12 @@ def spatial_dependence(
     ```
 
     `D` is averaged over channels ignoring NaN (a constant channel gives
-    0/0), mirrored (`D[-o] = D[o]`) and set to 1 at the centre. Unlike the
-    authors' code, a dilated kernel's neighbours are `dilation_rate * o`
-    pixels away, and maps of 1-D and 3-D convolutions are supported.
+    0/0; constant on the layer's own input, before padding, since the zero
+    border around a constant non-zero channel would make a dependence of
+    the border alone, where the authors' code pads first), mirrored
+    (`D[-o] = D[o]`) and set to 1 at the centre. Unlike the authors' code,
+    a dilated kernel's neighbours are `dilation_rate * o` pixels away, and
+    maps of 1-D and 3-D convolutions are supported.
 
     With `diagonal_removal=True` (the authors' ImageNet setting, for ReLU
     maps that are mostly zero) pairs where either value is 0 are dropped,
@@ -356,6 +359,13 @@ def finite_channels(finite):
     return ops.all(ops.reshape(finite, (finite.shape[0], -1)), axis=1)
 
 
+def varying_channels(chunk):
+    """`(chunk,)` bool: whether a channel of the unpadded chunk takes more
+    than one value (False for a constant or non-finite channel)."""
+    flat = ops.reshape(ops.cast(chunk, "float32"), (chunk.shape[0], -1))
+    return ops.greater(ops.max(flat, axis=1), ops.min(flat, axis=1))
+
+
 def bin_ranges(x, plan):
     """`(low, high)` of the `X` (index 0) and `Y` (index 1) samples of every
     displacement and channel, each `(2, num_displacements, chunk)`, from
@@ -543,6 +553,10 @@ def _chunk_dependence(plan, k, diagonal_removal):
         finite = ops.isfinite(x)
         x = ops.where(finite, x, 0.0)  # those channels give NaN
         finite = finite_channels(finite)
+        # Constant on the layer's own input: treated as a constant map, as
+        # zero padding around a constant non-zero channel would otherwise
+        # make a dependence of the border alone.
+        varying = varying_channels(chunk)
         if diagonal_removal:
             low, high, count = kept_bin_ranges(x, plan)
             bins = sturges_bins(count)
@@ -550,14 +564,16 @@ def _chunk_dependence(plan, k, diagonal_removal):
             low, high = bin_ranges(x, plan)
             bins = np.repeat(plan.bins[:, None], plan.chunk, axis=1)
         ids = cell_ids(x, plan, low, high, bins, diagonal_removal)
-        return ids, finite
+        return ids, (finite, varying)
 
-    def dependence(counts, finite):
-        """NaN for a channel holding a non-finite value or giving a
-        constant histogram, `_NO_PAIR` where diagonal removal leaves no
+    def dependence(counts, channels):
+        """NaN for a channel holding a non-finite value, or (0 with
+        diagonal removal) constant on the unpadded input or giving a
+        constant histogram; `_NO_PAIR` where diagonal removal leaves no
         pair."""
+        finite, varying = channels
         joint = histograms(counts, plan)
-        d = sharpened_nmi(joint, k)
+        d = ops.where(varying[None, :], sharpened_nmi(joint, k), np.nan)
         if diagonal_removal:  # the authors' rule: NaN -> 0
             d = ops.where(ops.isnan(d), 0.0, d)
         d = ops.where(ops.sum(joint, axis=(2, 3)) == 0, _NO_PAIR, d)
@@ -605,8 +621,8 @@ def _compiled_chunk_dependence(
         dependence = tf.function(functools.partial(dependence), autograph=False)
 
     def estimate(chunk):
-        ids, finite = cells(chunk)
-        return dependence(count_cells(ids), finite)
+        ids, channels = cells(chunk)
+        return dependence(count_cells(ids), channels)
 
     if backend == "jax":
         import jax

@@ -1008,3 +1008,25 @@ def test_warmup_0_refreshes_a_subclassed_model_of_built_parts(cifar10_train):
     np.testing.assert_allclose(
         mask_of(model, "student_c"), expected_mask(images[:16]), atol=1e-5
     )
+
+
+def test_blank_images_keep_the_mask_with_a_warning():
+    """The guide's promise, with `padding="same"` (found with keras.io's
+    examples: the zero border made the mask of the border alone, corners
+    0.02-0.04): constant images give no estimate, the layer keeps its mask
+    and a warning says why."""
+    model = compile_sgs(
+        keras.Sequential(
+            [
+                keras.Input((16, 16, 3)),
+                keras.layers.Conv2D(4, 3, padding="same", name="c1"),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(2),
+            ]
+        )
+    )
+    blank = np.full((8, 16, 16, 3), 0.5, "float32")
+    callback = keras_sgs.MIScalingCallback(blank, warmup=0)
+    with pytest.warns(UserWarning, match="3 of 3 input channels are constant"):
+        model.fit(blank, np.zeros(8, "int32"), verbose=0, callbacks=[callback])
+    np.testing.assert_array_equal(mask_of(model, "c1"), np.ones((3, 3)))

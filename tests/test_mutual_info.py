@@ -173,8 +173,12 @@ def test_constant_and_zero_channels():
     fmap = rng.normal(size=(4, 8, 8, 4)).astype("float32")
     fmap[..., 1] = 0.0
     fmap[..., 2] = 3.5
-    expected = reference_dependence(fmap, (3, 3))
+    # The authors' estimate, but for the constant channel: constant on the
+    # layer's input, it is left out as a constant map is (the authors pad
+    # first and estimate the zero border around it).
+    expected = reference_dependence(np.delete(fmap, 2, axis=-1), (3, 3))
     np.testing.assert_allclose(estimate(fmap, (3, 3)), expected, atol=1e-5)
+    assert not np.allclose(expected, reference_dependence(fmap, (3, 3)))
     np.testing.assert_allclose(
         estimate(fmap, (3, 3), diagonal_removal=True),
         reference_dependence(fmap, (3, 3), diagonal_removal=True),
@@ -204,9 +208,6 @@ def _with(fmap, index, value):
         (_with(_relu_map(), (..., slice(0, 2)), np.inf), True),  # inf channels
         (np.full((4, 8, 8, 5), np.nan, "float32"), False),  # all NaN
         (np.zeros((4, 8, 8, 5), "float32"), False),  # dead layer
-        # Constant but for the zero padding: only diagonal removal, which
-        # drops the pairs with a zero, leaves no pair off the diagonal.
-        (np.full((4, 8, 8, 5), 2.0, "float32"), "without diagonal removal"),
     ],
 )
 def test_non_finite_and_degenerate_maps(fmap, defined, diagonal_removal):
@@ -218,8 +219,6 @@ def test_non_finite_and_degenerate_maps(fmap, defined, diagonal_removal):
     d = estimate(fmap, (3, 3), diagonal_removal=diagonal_removal)
     np.testing.assert_allclose(d, expected, atol=1e-5)
     assert d[1, 1] == 1.0
-    if defined == "without diagonal removal":
-        defined = not diagonal_removal
     assert np.all(np.isfinite(d)) == defined
     if defined:  # the same as without the bad channels
         bad = ~np.isfinite(fmap).all(axis=(0, 1, 2))
@@ -230,6 +229,24 @@ def test_non_finite_and_degenerate_maps(fmap, defined, diagonal_removal):
             ),
             atol=1e-6,
         )
+
+
+@pytest.mark.parametrize("diagonal_removal", [False, True])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_constant_images_give_no_estimate(padding, diagonal_removal):
+    """Blank images (what a data-loading bug gives): every channel is
+    constant on the layer's input, so no displacement has an estimate,
+    with zero padding too, where the padded map is not constant (the
+    authors' estimate there rests on the border alone: corners 0.02-0.04,
+    centre 2.6-2.75 in the mask)."""
+    fmap = np.full((4, 8, 8, 3), 0.5, "float32")
+    d = estimate(
+        fmap, (3, 3), padding=padding, diagonal_removal=diagonal_removal
+    )
+    assert d[1, 1] == 1.0 and np.isnan(np.delete(d.ravel(), 4)).all()
+    if padding == "same" and not diagonal_removal:
+        border = reference_dependence(fmap, (3, 3))
+        assert np.isfinite(border).all()
 
 
 def test_nearly_dead_relu_channels(cifar10_train):
