@@ -574,3 +574,33 @@ def test_a_run_writes_its_progress_every_epoch(tmp_path):
     )
     assert [len(w["train_loss"]) for w in written] == [1, 2]
     assert not written[-1]["finished"] and written[-1]["seconds_per_epoch"] > 0
+
+
+def test_the_committed_gpu_study_gives_the_readme_numbers(tmp_path):
+    """The README's CIFAR-100 GPU rows come from the committed runs: the
+    table written again from those files holds them."""
+    import shutil
+
+    runs = REPO / "benchmarks" / "results" / "gpu_cifar100" / "accuracy_12ep"
+    shutil.copytree(runs, tmp_path / "study")
+    table = tmp_path / "study.md"
+    accuracy.write_study_table(str(table), new_command="Command: `x`")
+    text = table.read_text()
+    readme = (REPO / "README.md").read_text()
+    for row, readme_cell in [
+        (
+            "| sgs_mi - baseline | 3 | +0.22 (0), +1.24 (1), +0.92 (2) | "
+            "+0.79 | 0.52 | [-0.50, +2.09] |",
+            "+0.79 [-0.50, +2.09]",
+        ),
+        (
+            "| repvgg - baseline | 3 | +6.97 (0), +7.37 (1), +7.23 (2) | "
+            "+7.19 | 0.20 | [+6.69, +7.69] |",
+            "+7.19 [+6.69, +7.69]",
+        ),
+        ("| baseline | 3 | 46.18 ± 0.28 |", "46.18 ± 0.28"),
+        ("| sgs_mi | 3 | 46.98 ± 0.29 |", "46.98 ± 0.29"),
+    ]:
+        assert row in text and readme_cell in readme, row
+    # The ACB runs stopped after 11 of 12 epochs are not in the table.
+    assert "| acb |" not in text
