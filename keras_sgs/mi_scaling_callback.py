@@ -65,11 +65,11 @@ class MIScalingCallback(keras.callbacks.Callback):
 
     At the start of epoch `warmup`, and then every `every` epochs, the model
     runs in inference mode on a fixed batch of `data` (a few training
-    images, e.g. with the evaluation preprocessing), the
-    input of every conv layer whose kernel the model's `SGSWrapper` scales
-    is captured, and the
-    layer's mask becomes `dependence_to_scaling(spatial_dependence(input))`
-    (see `spatial_dependence`). Before epoch `warmup` the masks keep their
+    images, e.g. with the evaluation preprocessing), the input of every
+    conv layer whose kernel the model's `SGSWrapper` scales is captured,
+    and the layer's mask becomes
+    `dependence_to_scaling(spatial_dependence(input))` (see
+    `spatial_dependence`). Before epoch `warmup` the masks keep their
     initial value (ones). Masks are only changed at epoch boundaries.
 
     The capture is one compiled forward pass (`tf.function` / `jax.jit`;
@@ -555,13 +555,22 @@ def _check_inputs_fit_model(inputs, model):
         return
     if isinstance(expected, dict) and isinstance(inputs, dict):
         fits = set(expected) <= set(inputs)
-        pairs = [(expected[k], inputs[k]) for k in expected] if fits else []
+        pairs = [(expected[k], inputs[k]) for k in expected]
     else:
         fits = len(keras.tree.flatten(inputs)) == len(
             keras.tree.flatten(expected)
         )
         pairs = zip(keras.tree.flatten(expected), keras.tree.flatten(inputs))
-    for spec, x in pairs if fits else []:
+    if not fits:
+        raise ValueError(
+            "MIScalingCallback: the inputs of `data` do not fit the model. "
+            f"Received: inputs of shapes {_shapes(inputs)}; the model "
+            f"expects inputs of shapes {_shapes(expected)}. `data` (or "
+            "each of its batches) is read as `fit` reads a batch: `x`, "
+            "`(x, y)` or `(x, y, sample_weight)`, a list as a tuple; "
+            "pass several inputs in a dict or as `([x1, x2, ...],)`."
+        )
+    for spec, x in pairs:
         want, got = tuple(spec.shape), tuple(x.shape)
         if len(got) != len(want) or any(
             w is not None and w != g for w, g in zip(want[1:], got[1:])
@@ -573,15 +582,6 @@ def _check_inputs_fit_model(inputs, model):
                 "first axis is the batch: pass images as a batch, e.g. "
                 "`x[None]` for one image)."
             )
-    if not fits:
-        raise ValueError(
-            "MIScalingCallback: the held-out inputs do not fit the model. "
-            f"Received: inputs of shapes {_shapes(inputs)}; the model "
-            f"expects inputs of shapes {_shapes(expected)}. `data` (or "
-            "each of its batches) is read as `fit` reads a batch: `x`, "
-            "`(x, y)` or `(x, y, sample_weight)`, a list as a tuple; "
-            "pass several inputs in a dict or as `([x1, x2, ...],)`."
-        )
 
 
 def _mean_over_workers(model, masks):
