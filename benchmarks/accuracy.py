@@ -62,6 +62,7 @@ import numpy as np  # noqa: E402
 import paired  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from common import command_line  # noqa: E402
 from common import device_description  # noqa: E402
 
 import keras_sgs  # noqa: E402
@@ -249,12 +250,7 @@ def main(argv):
                 print(run_line(result), flush=True)
                 results.append(result)
     del results  # the table holds every finished run of the folder
-    command = (
-        f"Command: `KERAS_BACKEND={keras.backend.backend()} "
-        + " ".join(["python3", os.path.relpath(sys.argv[0])] + sys.argv[1:])
-        + "`"
-    )
-    write_study_table(FLAGS.output, new_command=command)
+    write_study_table(FLAGS.output, new_command=command_line())
 
 
 def retabulate(output):

@@ -36,6 +36,13 @@ def device_description():
     return f"{backend}, {device}"
 
 
+def command_line():
+    """`Command: `KERAS_BACKEND=... python3 script flags...``: how this
+    process was started, for the top of a results table."""
+    command = " ".join(["python3", os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    return f"Command: `KERAS_BACKEND={keras.backend.backend()} {command}`"
+
+
 def write_table(path, table):
     """Prints `table` and writes it to `path` under the command, flags
     included, that made it."""
@@ -43,9 +50,5 @@ def write_table(path, table):
     if not path:
         return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    command = " ".join(["python3", os.path.relpath(sys.argv[0])] + sys.argv[1:])
     with open(path, "w") as f:
-        f.write(
-            f"Command: `KERAS_BACKEND={keras.backend.backend()} {command}`"
-            f"\n\n{table}\n"
-        )
+        f.write(f"{command_line()}\n\n{table}\n")
