@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import contextlib
+import gc
 import itertools
 import math
 import threading
@@ -214,6 +215,7 @@ class MIScalingCallback(keras.callbacks.Callback):
         self._capture = None
         self._warned_uncalled = False
         self._wrapper_and_targets()
+        _warn_if_after_tensorboard(self)
 
     def on_epoch_begin(self, epoch, logs=None):
         seconds = 0.0
@@ -447,6 +449,31 @@ def _why_undefined(layer, fmap, diagonal_removal):
     if diagonal_removal and not reasons:
         reasons.append("diagonal removal leaves no pair of non-zero values")
     return "; ".join(reasons) or "no channel gives an estimate"
+
+
+def _warn_if_after_tensorboard(callback):
+    """Warns when a `keras.callbacks.TensorBoard` comes before `callback`
+    in the `fit` that runs it: Keras calls `on_epoch_end` in list order,
+    so that TensorBoard writes each epoch's logs before `callback` has
+    added its `sgs_*` values. Keras gives a callback no handle on its
+    list, so the list is found among the objects the garbage collector
+    tracks (as `conv_kernels` finds conv layers)."""
+    for obj in gc.get_objects():
+        if not issubclass(type(obj), keras.callbacks.CallbackList):
+            continue
+        callbacks = getattr(obj, "callbacks", [])
+        if not any(c is callback for c in callbacks):
+            continue
+        before = itertools.takewhile(lambda c: c is not callback, callbacks)
+        if any(isinstance(c, keras.callbacks.TensorBoard) for c in before):
+            warnings.warn(
+                "MIScalingCallback comes after a TensorBoard callback in "
+                "`callbacks`: TensorBoard will not log its sgs_* scalars "
+                "(it writes each epoch's logs before this callback adds "
+                "them). List MIScalingCallback first.",
+                stacklevel=3,
+            )
+            return
 
 
 def _no_centre(layer):

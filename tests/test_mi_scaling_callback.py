@@ -1030,3 +1030,34 @@ def test_blank_images_keep_the_mask_with_a_warning():
     with pytest.warns(UserWarning, match="3 of 3 input channels are constant"):
         model.fit(blank, np.zeros(8, "int32"), verbose=0, callbacks=[callback])
     np.testing.assert_array_equal(mask_of(model, "c1"), np.ones((3, 3)))
+
+
+@tensorflow_only
+def test_a_warning_when_tensorboard_comes_first(tmp_path, cifar10_train):
+    """TensorBoard writes an epoch's logs in `on_epoch_end`, in list order:
+    listed before the callback, it never sees the sgs_* scalars."""
+    images, labels = cifar10_train
+    model = compile_sgs(
+        keras.Sequential(
+            [
+                keras.Input((32, 32, 3)),
+                keras.layers.Conv2D(2, 3, padding="same"),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(10),
+            ]
+        )
+    )
+
+    def fit(*callbacks):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(images[:8], labels[:8], verbose=0, callbacks=callbacks)
+        return [
+            str(w.message) for w in caught if "TensorBoard" in str(w.message)
+        ]
+
+    board = keras.callbacks.TensorBoard(str(tmp_path / "logs"))
+    mi_masks = keras_sgs.MIScalingCallback(images[:8])
+    (message,) = fit(board, mi_masks)
+    assert "List MIScalingCallback first" in message
+    assert fit(mi_masks, board) == []
