@@ -6,15 +6,19 @@ per run and a markdown table (test top-1 mean +- std over seeds and its
 difference to the baseline, seconds per epoch and their ratio to the
 baseline's, seconds in MI refreshes) beside the reference: the paper's
 CIFAR-100 figures, or for CIFAR-10 those measured with the authors' own
-PyTorch code. The defaults are the authors' recipe (`wei_cifar.yaml`):
+PyTorch code. The defaults are the authors' CIFAR-100 recipe
+(`configs/strategies/DyRep/wei_cifar.yaml` in
+Ascend-Research/Reparameterization), for CIFAR-10 too (their CIFAR-10
+config trains 600 epochs with decay 1e-4 and refreshes every 30 epochs
+from 20 batches; differences: docs/results.md, "Faithfulness"):
 VGG-11-BN (for CIFAR-100 with the 4096-4096 classifier of
 `weiaicunzai/pytorch-cifar100`, `--head=mlp`), batch 128, SGD momentum
 0.9 without Nesterov, lr 0.1 with cosine decay over all steps,
 PyTorch's coupled weight decay 5e-4 on every variable (added after the SGS
 mask, `SGSWrapper(coupled_weight_decay=...)`), random crop (pad 4) + flip +
 cutout 16 on the device, SGS-MI masks refreshed at epoch 1 and then every 5
-epochs from 2 held-out batches (the first training images, without
-augmentation), k = 5.
+epochs from 2 batches (the first training images, without augmentation;
+the authors take each epoch's first augmented batches), k = 5.
 
 - `baseline`: plain convs; `sgs_mi`: masks from `MIScalingCallback`;
   `sgs_constant`: ACNet's fixed 3x3+1x3+3x1 mask; `acb` / `repvgg`: the

@@ -1,12 +1,14 @@
 r"""Trains a CIFAR model with SGS, branched reparameterization or plain SGD.
 
-The defaults are the authors' CIFAR recipe (Detkov et al., ICLR 2023):
+The defaults are the authors' CIFAR-100 recipe (Detkov et al., ICLR 2023;
+`configs/strategies/DyRep/wei_cifar.yaml` in their repository), for
+CIFAR-10 too:
 SGD momentum 0.9, learning rate 0.1 with cosine decay over all steps,
 batch 128, weight decay 5e-4 (PyTorch SGD's coupled decay, added after the
 SGS mask, on every trainable variable), 200 epochs, random crop (pad 4) +
 horizontal flip + cutout 16; SGS-MI refreshes the masks every 5 epochs
-after a warm-up epoch from 2 held-out batches (the first training images,
-without augmentation), k = 5. `--dataset` sets the classes, the
+after a warm-up epoch from 2 batches (the first training images, without
+augmentation), k = 5. `--dataset` sets the classes, the
 normalization and the VGG classifier: for CIFAR-100 the authors' model
 has the 4096-4096 classifier of `weiaicunzai/pytorch-cifar100`
 (`--head=mlp`). Without --data or --tfds_name it trains on the CIFAR-10
