@@ -1,6 +1,8 @@
 # Each Keras backend runs in its own process (KERAS_BACKEND is read at import).
 PYTHON ?= python3
 PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider
+# Each stage of make test prints its time ("== stage lint: 12 s").
+TIMED = bash .ci/timed
 
 # make test-quick: the tests of the modules most changes touch (the wrapper,
 # the masks, the estimator, the callback) on TensorFlow, without their
@@ -21,25 +23,25 @@ test-quick:
 
 # The settings are in pyproject.toml ([tool.ruff]).
 lint:
-	$(PYTHON) -m ruff check .
-	$(PYTHON) -m ruff format --check .
+	$(TIMED) lint $(PYTHON) -m ruff check .
+	$(TIMED) format $(PYTHON) -m ruff format --check .
 
 # The API reference from the docstrings (build/api/); fails on any warning.
 docs:
-	KERAS_BACKEND=jax $(PYTHON) docs/build_api.py
+	KERAS_BACKEND=jax $(TIMED) docs $(PYTHON) docs/build_api.py
 
 # sdist and wheel, twine check, the wheel alone with JAX in a fresh venv.
 release-check:
-	$(PYTHON) release/check.py
+	$(TIMED) release-check $(PYTHON) release/check.py
 
 test-tensorflow:
-	KERAS_BACKEND=tensorflow $(PYTEST)
+	KERAS_BACKEND=tensorflow $(TIMED) tensorflow $(PYTEST)
 
 test-jax:
-	KERAS_BACKEND=jax $(PYTEST)
+	KERAS_BACKEND=jax $(TIMED) jax $(PYTEST)
 
 test-torch:
-	KERAS_BACKEND=torch $(PYTEST)
+	KERAS_BACKEND=torch $(TIMED) torch $(PYTEST)
 
 benchmarks:
 	KERAS_BACKEND=tensorflow $(PYTHON) benchmarks/step_overhead.py
