@@ -326,13 +326,14 @@ class MIScalingCallback(keras.callbacks.Callback):
                 "keras_sgs.SGSWrapper optimizer. Received: optimizer="
                 f"{model.optimizer!r}"
             )
-        if not model.variables or not all(
+        parts_built = all(
             layer.built for layer in model._flatten_layers(include_self=False)
-        ):
+        )
+        if not model.variables or not (model.built or parts_built):
             # A subclassed model or an Input-less Sequential before its
             # first step: nothing to select yet (and the optimizer must not
-            # be built on no variables). Not `model.built`: on TensorFlow a
-            # subclassed model of built parts (keras.io's Distiller) is not
+            # be built on no variables). A model of built parts is ready:
+            # on TensorFlow a subclassed one (keras.io's Distiller) is not
             # `built` before its first step, though all its variables are.
             return wrapper, None
         if not model.optimizer.built:
