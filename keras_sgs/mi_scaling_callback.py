@@ -581,14 +581,13 @@ def _check_inputs_fit_model(inputs, model):
     expected = _input_structure(model)
     if expected is None:
         return
-    if isinstance(expected, dict) and isinstance(inputs, dict):
+    by_name = isinstance(expected, dict) and isinstance(inputs, dict)
+    if by_name:
         fits = set(expected) <= set(inputs)
-        pairs = [(expected[k], inputs[k]) for k in expected]
     else:
         fits = len(keras.tree.flatten(inputs)) == len(
             keras.tree.flatten(expected)
         )
-        pairs = zip(keras.tree.flatten(expected), keras.tree.flatten(inputs))
     if not fits:
         raise ValueError(
             "MIScalingCallback: the inputs of `data` do not fit the model. "
@@ -598,6 +597,10 @@ def _check_inputs_fit_model(inputs, model):
             "`(x, y)` or `(x, y, sample_weight)`, a list as a tuple; "
             "pass several inputs in a dict or as `([x1, x2, ...],)`."
         )
+    if by_name:
+        pairs = [(expected[k], inputs[k]) for k in expected]
+    else:
+        pairs = zip(keras.tree.flatten(expected), keras.tree.flatten(inputs))
     for spec, x in pairs:
         want, got = tuple(spec.shape), tuple(x.shape)
         if len(got) != len(want) or any(

@@ -843,6 +843,31 @@ def test_held_out_data_in_the_forms_fit_takes(form, cifar10_train):
     np.testing.assert_array_equal(callback.data, images[:16])
 
 
+def test_a_dict_without_an_input_of_a_dict_model_fails_before_training(
+    cifar10_train,
+):
+    images, labels = cifar10_train
+    a = keras.Input((32, 32, 3), name="a")
+    b = keras.Input((32, 32, 3), name="b")
+    x = keras.layers.Conv2D(3, 3, padding="same", name="c1")(a)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([x, b]))
+    model = compile_sgs(
+        keras.Model({"a": a, "b": b}, keras.layers.Dense(10)(x))
+    )
+    data = {"a": images[:16], "b": images[16:32]}
+    with pytest.raises(
+        ValueError,
+        match=r"do not fit the model. Received: inputs of shapes "
+        r"\{'a': \(16, 32, 32, 3\)\}",
+    ):
+        model.fit(
+            data,
+            labels[:16],
+            verbose=0,
+            callbacks=[keras_sgs.MIScalingCallback({"a": images[:16]})],
+        )
+
+
 @pytest.mark.parametrize(
     "shape",
     [(32, 32, 3), (1, 24, 24, 3), (1, 40, 40, 3), (1, 32, 32, 1)],
