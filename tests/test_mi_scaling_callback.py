@@ -57,6 +57,21 @@ def compile_sgs(model, **kwargs):
     return model
 
 
+def conv_classifier(
+    input_shape=(32, 32, 3), filters=4, classes=10, conv_name=None, name=None
+):
+    """Input, a 3x3 conv named `conv_name`, global average pooling, Dense."""
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(filters, 3, padding="same", name=conv_name),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(classes),
+        ],
+        name=name,
+    )
+
+
 def test_masks_equal_estimator_on_captured_inputs(cifar10_train):
     images, labels = cifar10_train
     model = compile_sgs(functional())
@@ -876,16 +891,7 @@ def test_a_dict_without_an_input_of_a_dict_model_fails_before_training(
 def test_inputs_of_the_wrong_shape_fail_before_training(shape):
     """Found with keras.io's examples: these passed the start-of-fit check
     and failed at the first refresh, after `warmup` epochs of training."""
-    model = compile_sgs(
-        keras.Sequential(
-            [
-                keras.Input((32, 32, 3)),
-                keras.layers.Conv2D(2, 3, padding="same"),
-                keras.layers.GlobalAveragePooling2D(),
-                keras.layers.Dense(2),
-            ]
-        )
-    )
+    model = compile_sgs(conv_classifier(filters=2, classes=2))
     data = np.zeros(shape, "float32")
     epochs = []
     count = keras.callbacks.LambdaCallback(
@@ -962,14 +968,7 @@ def test_the_wrapper_inside_a_multi_optimizer(cifar10_train, tmp_path):
     """The wrapper's own error message tells users to put it inside a
     `MultiOptimizer`; the callback and plot_masks then find it there."""
     images, labels = cifar10_train
-    model = keras.Sequential(
-        [
-            keras.Input((32, 32, 3)),
-            keras.layers.Conv2D(4, 3, padding="same", name="c1"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(10, name="head"),
-        ]
-    )
+    model = conv_classifier(conv_name="c1")
     wrapper = keras_sgs.SGSWrapper(keras.optimizers.SGD(0.01), name="sgs")
     optimizer = keras.optimizers.MultiOptimizer(
         keras.optimizers.OptimizerMap(
@@ -1013,15 +1012,7 @@ def test_warmup_0_refreshes_a_subclassed_model_of_built_parts(cifar10_train):
             return self.student(x)
 
     def part(name):
-        return keras.Sequential(
-            [
-                keras.Input((32, 32, 3)),
-                keras.layers.Conv2D(4, 3, padding="same", name=f"{name}_c"),
-                keras.layers.GlobalAveragePooling2D(),
-                keras.layers.Dense(10),
-            ],
-            name=name,
-        )
+        return conv_classifier(conv_name=f"{name}_c", name=name)
 
     model = compile_sgs(Distiller(part("student"), part("teacher")))
     callback = keras_sgs.MIScalingCallback(images[:16], warmup=0, every=5)
@@ -1040,16 +1031,7 @@ def test_blank_images_keep_the_mask_with_a_warning():
     examples: the zero border made the mask of the border alone, corners
     0.02-0.04): constant images give no estimate, the layer keeps its mask
     and a warning says why."""
-    model = compile_sgs(
-        keras.Sequential(
-            [
-                keras.Input((16, 16, 3)),
-                keras.layers.Conv2D(4, 3, padding="same", name="c1"),
-                keras.layers.GlobalAveragePooling2D(),
-                keras.layers.Dense(2),
-            ]
-        )
-    )
+    model = compile_sgs(conv_classifier((16, 16, 3), classes=2, conv_name="c1"))
     blank = np.full((8, 16, 16, 3), 0.5, "float32")
     callback = keras_sgs.MIScalingCallback(blank, warmup=0)
     with pytest.warns(UserWarning, match="3 of 3 input channels are constant"):
@@ -1062,16 +1044,7 @@ def test_a_warning_when_tensorboard_comes_first(tmp_path, cifar10_train):
     """TensorBoard writes an epoch's logs in `on_epoch_end`, in list order:
     listed before the callback, it never sees the sgs_* scalars."""
     images, labels = cifar10_train
-    model = compile_sgs(
-        keras.Sequential(
-            [
-                keras.Input((32, 32, 3)),
-                keras.layers.Conv2D(2, 3, padding="same"),
-                keras.layers.GlobalAveragePooling2D(),
-                keras.layers.Dense(10),
-            ]
-        )
-    )
+    model = compile_sgs(conv_classifier(filters=2))
 
     def fit(*callbacks):
         with warnings.catch_warnings(record=True) as caught:
