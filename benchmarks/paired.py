@@ -28,22 +28,18 @@ def t_cdf_two_sided(t, df):
         raise ValueError(f"`df` must be an int >= 1. Received: df={df!r}")
     theta = math.atan(t / math.sqrt(df))
     c2 = math.cos(theta) ** 2
-    if (
-        df % 2
-    ):  # odd: (2/pi) (theta + sin cos (1 + 2/3 c2 + 2*4/(3*5) c2^2 ...))
-        term, total = 1.0, 0.0
-        if df > 1:
-            total = 1.0
-            for j in range(1, (df - 1) // 2):
-                term *= (2 * j) / (2 * j + 1) * c2
-                total += term
-        return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
-    # even: sin (1 + 1/2 c2 + 1*3/(2*4) c2^2 + ...), df/2 terms
-    term, total = 1.0, 1.0
-    for j in range(1, df // 2):
-        term *= (2 * j - 1) / (2 * j) * c2
-        total += term
-    return math.sin(theta) * total
+    odd = df % 2
+    # df // 2 terms: 1 + 2/3 c2 + 2*4/(3*5) c2^2 + ... for odd df,
+    # 1 + 1/2 c2 + 1*3/(2*4) c2^2 + ... for even df.
+    series, term = 0.0, 1.0
+    for j in range(df // 2):
+        series += term
+        term *= (2 * j + 1 + odd) / (2 * j + 2 + odd) * c2
+    if odd:
+        return (
+            2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * series)
+        )
+    return math.sin(theta) * series
 
 
 def t_quantile(confidence, df):
