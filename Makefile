@@ -1,6 +1,8 @@
 # Each Keras backend runs in its own process (KERAS_BACKEND is read at import).
 PYTHON ?= python3
-PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider
+PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+# More pytest arguments for every suite, e.g. make test PYTEST_ARGS=--durations=40
+PYTEST_ARGS ?=
 # Each stage of make test prints its time ("== stage lint: 12 s").
 TIMED = bash .ci/timed
 
@@ -14,7 +16,7 @@ QUICK_SKIP = keras_applications or theorem or real_cifar10_images \
 	or real_activations or swap_ema_weights_with_a_multi_optimizer
 
 .PHONY: test test-quick lint docs release-check \
-	test-tensorflow test-jax test-torch benchmarks
+	test-tensorflow test-jax test-torch coverage benchmarks
 
 test: lint docs release-check test-tensorflow test-jax test-torch
 
@@ -42,6 +44,24 @@ test-jax:
 
 test-torch:
 	KERAS_BACKEND=torch $(TIMED) torch $(PYTEST)
+
+# Line and branch coverage of keras_sgs/ and examples/, summed over the three
+# backends, subprocesses included (settings: [tool.coverage.run] in
+# pyproject.toml). Runs every backend's suite under coverage, so it takes
+# longer than make test; the table lands in build/coverage/summary.md.
+COVERAGE = COVERAGE_ROOT=$(CURDIR) $(PYTHON) -m coverage
+coverage:
+	rm -rf build/coverage && mkdir -p build/coverage
+	status=0; for backend in tensorflow jax torch; do \
+		KERAS_BACKEND=$$backend COVERAGE_ROOT=$(CURDIR) $(TIMED) \
+			coverage-$$backend $(PYTHON) -m coverage run -m pytest \
+			-q -p no:cacheprovider $(PYTEST_ARGS) || status=1; \
+	done; \
+	$(COVERAGE) combine -q && \
+	$(COVERAGE) json -q -o build/coverage/coverage.json && \
+	$(PYTHON) .ci/coverage_summary.py build/coverage/coverage.json \
+		| tee build/coverage/summary.md; \
+	exit $$status
 
 benchmarks:
 	KERAS_BACKEND=tensorflow $(PYTHON) benchmarks/step_overhead.py
