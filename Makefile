@@ -1,6 +1,11 @@
 # Each Keras backend runs in its own process (KERAS_BACKEND is read at import).
 PYTHON ?= python3
-PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+# Each suite runs on PYTEST_WORKERS processes (pytest-xdist), a test file
+# per worker (--dist loadfile: a module's fixtures are built once);
+# PYTEST_WORKERS=0 runs it in this process.
+PYTEST_WORKERS ?= 2
+PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider \
+	-n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 # More pytest arguments for every suite, e.g. make test PYTEST_ARGS=--durations=40
 PYTEST_ARGS ?=
 # Each stage of make test prints its time ("== stage lint: 12 s").

@@ -17,6 +17,9 @@ with the inner optimizer alone:
   (3x3 + 1x1 + identity, each with BatchNormalization), plain SGD.
 
     KERAS_BACKEND=tensorflow python benchmarks/step_overhead.py
+    # the CIFAR-100 study's model and batch (benchmarks/accuracy.py):
+    KERAS_BACKEND=tensorflow python benchmarks/step_overhead.py \
+        --head=mlp --num_classes=100 --batch_size=128
     # the paper's shapes, e.g. on a GPU:
     KERAS_BACKEND=jax python benchmarks/step_overhead.py \
         --models=vgg16,resnet18 --width=1 --batch_size=128
@@ -50,6 +53,13 @@ flags.DEFINE_list(
     "models", ["vgg11"], "CIFAR keras_sgs.models.build_model names."
 )
 flags.DEFINE_float("width", 0.25, "Channel multiplier of the model.")
+flags.DEFINE_integer("num_classes", 10, "Classes of the model's head.")
+flags.DEFINE_enum(
+    "head",
+    "linear",
+    ["linear", "mlp"],
+    "VGG classifier: one Dense, or the CIFAR-100 study's three (`mlp`).",
+)
 flags.DEFINE_string(
     "output", "benchmarks/results/step_overhead.md", "Markdown table path."
 )
@@ -90,7 +100,11 @@ def variants(name):
     for variant, (conv_type, make_optimizer) in specs.items():
         keras.utils.set_random_seed(0)
         model = keras_sgs.models.build_model(
-            name, 10, conv_type, width=FLAGS.width
+            name,
+            FLAGS.num_classes,
+            conv_type,
+            width=FLAGS.width,
+            head=FLAGS.head if name.startswith("vgg") else "linear",
         )
         model.compile(make_optimizer(), loss)
         models[variant] = model
@@ -121,10 +135,11 @@ def main(_):
         source = f"random images ({FLAGS.data} not found)"
         rng = np.random.default_rng(0)
         images = rng.random((FLAGS.batch_size, 32, 32, 3), dtype="float32")
-        labels = rng.integers(0, 10, FLAGS.batch_size)
+        labels = rng.integers(0, FLAGS.num_classes, FLAGS.batch_size)
     lines = [
         f"Backend and device: {device_description()}; {source}. CIFAR "
-        f"models, width {FLAGS.width}, batch {FLAGS.batch_size}, "
+        f"models ({FLAGS.head} head on VGGs, {FLAGS.num_classes} classes), "
+        f"width {FLAGS.width}, batch {FLAGS.batch_size}, "
         f"{FLAGS.rounds} interleaved rounds of {FLAGS.steps} steps; median "
         "seconds per step.",
         "",

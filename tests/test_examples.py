@@ -120,22 +120,40 @@ def test_compare_trains_baseline_and_sgs_mi(tmp_path):
     assert (tmp_path / "masks.png").exists()
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """`finished_run(method)`: `(folder, output)` of a finished TINY
+    `train_cifar.py` run of `method` on VGG-11, trained once per module
+    (the method tests and the export tests share it; a test that writes
+    copies it first)."""
+    runs = {}
+
+    def run(method):
+        if method not in runs:
+            folder = tmp_path_factory.mktemp(method)
+            output = run_script(
+                "train_cifar.py",
+                "--model=vgg11",
+                f"--method={method}",
+                *TINY,
+                f"--output_dir={folder}",
+            )
+            runs[method] = folder, output
+        return runs[method]
+
+    return run
+
+
 @pytest.mark.parametrize("method", ["sgs_constant", "acb", "repvgg"])
-def test_train_cifar_methods(method, tmp_path):
-    output = run_script(
-        "train_cifar.py",
-        "--model=vgg11",
-        f"--method={method}",
-        *TINY,
-        f"--output_dir={tmp_path}",
-    )
-    results = check_outputs(tmp_path, method)
+def test_train_cifar_methods(method, finished_run):
+    output_dir, output = finished_run(method)
+    results = check_outputs(output_dir, method)
     assert f"vgg11 {method}: test accuracy" in output
     if method == "sgs_constant":
         assert results["sgs_refreshes"] == 0
-        assert "sgs_mask_min" not in read_json(tmp_path / "history.json")
+        assert "sgs_mask_min" not in read_json(output_dir / "history.json")
         # The saved optimizer holds ACNet's mask for every 3x3 conv.
-        model = keras.saving.load_model(tmp_path / "model.keras")
+        model = keras.saving.load_model(output_dir / "model.keras")
         masks = model_masks(model)
         assert len(masks) == 8  # VGG-11's convs
         acb = [[1, 2, 1], [2, 3, 2], [1, 2, 1]]
@@ -602,32 +620,17 @@ def test_corrupt_test_file_is_named_before_training(sample_images, tmp_path):
     assert f"--test_data: {paths[1]} is not a readable TFRecord file" in output
 
 
-def test_batch_larger_than_the_data_is_refused(sample_images, tmp_path):
-    images, labels = sample_images
-    output, _ = bad_data_output(
-        tmp_path, (images[:8], labels[:8]), (images[32:], labels[32:])
-    )
-    assert (
-        "--batch_size=16 is larger than the training data (8 examples" in output
-    )
-
-
 # -- export ------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "method, int8_io", [("sgs_mi", True), ("repvgg", False)]
 )
-def test_export(method, int8_io, tmp_path):
+def test_export(method, int8_io, finished_run, tmp_path):
     """SavedModel and TFLite files of a finished run, with accuracies."""
     import tensorflow as tf
 
-    run_script(
-        "train_cifar.py",
-        f"--method={method}",
-        *TINY,
-        f"--output_dir={tmp_path}",
-    )
+    shutil.copytree(finished_run(method)[0], tmp_path, dirs_exist_ok=True)
     output = run_script(
         "export.py",
         f"--run_dir={tmp_path}",

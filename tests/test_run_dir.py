@@ -94,7 +94,10 @@ def test_a_start_refused_for_its_data_records_nothing(tmp_path):
         f"--output_dir={tmp_path}",
         expect_returncode=1,
     )
-    assert "--batch_size=8000 is larger than the training data" in output
+    assert (
+        "--batch_size=8000 is larger than the training data (4000 examples"
+        in output
+    )
     assert not (tmp_path / run_dir.RUN_FLAGS).exists()
     output = run_script(
         "train_cifar.py",
