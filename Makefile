@@ -4,8 +4,9 @@ PYTHON ?= python3
 # per worker (--dist loadfile: a module's fixtures are built once);
 # PYTEST_WORKERS=0 runs it in this process.
 PYTEST_WORKERS ?= 2
-PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider \
-	-n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+PYTEST_FLAGS = -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile \
+	$(PYTEST_ARGS)
+PYTEST = $(PYTHON) -m pytest $(PYTEST_FLAGS)
 # More pytest arguments for every suite, e.g. make test PYTEST_ARGS=--durations=40
 PYTEST_ARGS ?=
 # Each stage of make test prints its time ("== stage lint: 12 s").
@@ -60,7 +61,7 @@ coverage:
 	status=0; for backend in tensorflow jax torch; do \
 		KERAS_BACKEND=$$backend COVERAGE_ROOT=$(CURDIR) $(TIMED) \
 			coverage-$$backend $(PYTHON) -m coverage run -m pytest \
-			-q -p no:cacheprovider $(PYTEST_ARGS) || status=1; \
+			$(PYTEST_FLAGS) || status=1; \
 	done; \
 	$(COVERAGE) combine -q && \
 	$(COVERAGE) json -q -o build/coverage/coverage.json && \
