@@ -91,9 +91,14 @@ def main():
         python = venv / "bin" / "python"
         constraints = tmp / "constraints.txt"
         constraints.write_text("\n".join(dev_pins(["keras", BACKEND])))
+        # Without PYTHONPATH: one naming this checkout (and the egg-info
+        # that `build` leaves in it) makes pip take keras_sgs as installed
+        # and skip the wheel.
+        environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         run(
             [sys.executable, "-m", "pip", "--python", python, "install"]
-            + ["-q", "-c", constraints, f"{wheel}[{EXTRAS}]"]
+            + ["-q", "-c", constraints, f"{wheel}[{EXTRAS}]"],
+            env=environ,
         )
         timings["fresh venv and install"] = time.perf_counter() - start
 
@@ -105,7 +110,7 @@ def main():
         run(
             [python, "-I", "smoke.py", SAMPLE.name],
             cwd=workdir,
-            env={**os.environ, "KERAS_BACKEND": BACKEND},
+            env={**environ, "KERAS_BACKEND": BACKEND},
         )
         timings["smoke test"] = time.perf_counter() - start
 
