@@ -621,3 +621,28 @@ def test_the_committed_gpu_study_gives_the_readme_numbers(tmp_path):
         assert row in text and readme_cell in readme, row
     # The ACB runs stopped after 11 of 12 epochs are not in the table.
     assert "| acb |" not in text
+
+
+def test_the_committed_cpu_study_gives_the_readme_numbers(tmp_path):
+    """The README's CIFAR-100 CPU rows come from the committed runs."""
+    import shutil
+
+    runs = REPO / "benchmarks" / "results" / "cifar100_cpu"
+    shutil.copytree(runs, tmp_path / "study")
+    table = tmp_path / "study.md"
+    accuracy.write_study_table(str(table), new_command="Command: `x`")
+    text = table.read_text()
+    readme = (REPO / "README.md").read_text()
+    for row, readme_cell in [
+        ("| baseline | 5 | 46.14 ± 0.42 |", "| baseline | 46.14 ± 0.42 |"),
+        ("| sgs_mi | 5 | 46.88 ± 0.48 |", "| SGS-MI | 46.88 ± 0.48 |"),
+        ("| sgs_constant | 2 | 47.47 ± 0.44 |", "| 47.47 ± 0.44 |"),
+        ("| acb | 2 | 49.17 ± 0.89 |", "| ACB, fused | 49.17 ± 0.89 |"),
+        ("| repvgg | 2 | 50.98 ± 0.72 |", "| RepVGG, fused | 50.98 ± 0.72 |"),
+        ("| +0.75 | 0.23 | [+0.47, +1.03] |", "+0.75 [+0.47, +1.03]"),
+        ("| +1.20 | 0.25 | [-1.03, +3.42] |", "+1.20 [-1.03, +3.42]"),
+        ("| +2.90 | 1.58 | [-11.27, +17.06] |", "+2.90 [-11.27, +17.06]"),
+        ("| +4.71 | 1.41 | [-7.94, +17.35] |", "+4.71 [-7.94, +17.35]"),
+        ("| sgs_mi - sgs_constant | 2 | -0.09 (0), -0.43 (1) |", "-0.09, -0.43"),
+    ]:
+        assert row in text and readme_cell in readme, row
