@@ -593,16 +593,22 @@ def test_a_run_writes_its_progress_every_epoch(tmp_path):
     assert not written[-1]["finished"] and written[-1]["seconds_per_epoch"] > 0
 
 
-def test_the_committed_gpu_study_gives_the_readme_numbers(tmp_path):
-    """The README's CIFAR-100 GPU rows come from the committed runs: the
-    table written again from those files holds them."""
+def committed_study_table(folder, tmp_path):
+    """The table of the committed runs in `benchmarks/results/<folder>`,
+    written again (in `tmp_path`)."""
     import shutil
 
-    runs = REPO / "benchmarks" / "results" / "gpu_cifar100" / "accuracy_12ep"
+    runs = REPO / "benchmarks" / "results" / folder
     shutil.copytree(runs, tmp_path / "study")
     table = tmp_path / "study.md"
     accuracy.write_study_table(str(table), new_command="Command: `x`")
-    text = table.read_text()
+    return table.read_text()
+
+
+def test_the_committed_gpu_study_gives_the_readme_numbers(tmp_path):
+    """The README's CIFAR-100 GPU rows come from the committed runs: the
+    table written again from those files holds them."""
+    text = committed_study_table("gpu_cifar100/accuracy_12ep", tmp_path)
     readme = (REPO / "README.md").read_text()
     for row, readme_cell in [
         (
@@ -625,13 +631,7 @@ def test_the_committed_gpu_study_gives_the_readme_numbers(tmp_path):
 
 def test_the_committed_cpu_study_gives_the_readme_numbers(tmp_path):
     """The README's CIFAR-100 CPU rows come from the committed runs."""
-    import shutil
-
-    runs = REPO / "benchmarks" / "results" / "cifar100_cpu"
-    shutil.copytree(runs, tmp_path / "study")
-    table = tmp_path / "study.md"
-    accuracy.write_study_table(str(table), new_command="Command: `x`")
-    text = table.read_text()
+    text = committed_study_table("cifar100_cpu", tmp_path)
     readme = (REPO / "README.md").read_text()
     for row, readme_cell in [
         ("| baseline | 5 | 46.14 ± 0.42 |", "| baseline | 46.14 ± 0.42 |"),
@@ -643,6 +643,9 @@ def test_the_committed_cpu_study_gives_the_readme_numbers(tmp_path):
         ("| +1.20 | 0.25 | [-1.03, +3.42] |", "+1.20 [-1.03, +3.42]"),
         ("| +2.90 | 1.58 | [-11.27, +17.06] |", "+2.90 [-11.27, +17.06]"),
         ("| +4.71 | 1.41 | [-7.94, +17.35] |", "+4.71 [-7.94, +17.35]"),
-        ("| sgs_mi - sgs_constant | 2 | -0.09 (0), -0.43 (1) |", "-0.09, -0.43"),
+        (
+            "| sgs_mi - sgs_constant | 2 | -0.09 (0), -0.43 (1) |",
+            "-0.09, -0.43",
+        ),
     ]:
         assert row in text and readme_cell in readme, row
