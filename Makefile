@@ -55,16 +55,16 @@ test-torch:
 # backends, subprocesses included (settings: [tool.coverage.run] in
 # pyproject.toml). Runs every backend's suite under coverage, so it takes
 # longer than make test; the table lands in build/coverage/summary.md.
-COVERAGE = COVERAGE_ROOT=$(CURDIR) $(PYTHON) -m coverage
+coverage: export COVERAGE_ROOT = $(CURDIR)
 coverage:
 	rm -rf build/coverage && mkdir -p build/coverage
 	status=0; for backend in tensorflow jax torch; do \
-		KERAS_BACKEND=$$backend COVERAGE_ROOT=$(CURDIR) $(TIMED) \
-			coverage-$$backend $(PYTHON) -m coverage run -m pytest \
-			$(PYTEST_FLAGS) || status=1; \
+		KERAS_BACKEND=$$backend $(TIMED) coverage-$$backend \
+			$(PYTHON) -m coverage run -m pytest $(PYTEST_FLAGS) \
+			|| status=1; \
 	done; \
-	$(COVERAGE) combine -q && \
-	$(COVERAGE) json -q -o build/coverage/coverage.json && \
+	$(PYTHON) -m coverage combine -q && \
+	$(PYTHON) -m coverage json -q -o build/coverage/coverage.json && \
 	$(PYTHON) .ci/coverage_summary.py build/coverage/coverage.json \
 		| tee build/coverage/summary.md; \
 	exit $$status

@@ -5,15 +5,15 @@ import json
 import pathlib
 import sys
 
+KEYS = ("covered_lines", "num_statements", "covered_branches", "num_branches")
+
 
 def totals(files, folder):
     """Sums covered and total lines and branches of the files in `folder`."""
-    keys = ("covered_lines", "num_statements", "covered_branches")
-    keys += ("num_branches",)
-    sums = dict.fromkeys(keys, 0)
+    sums = dict.fromkeys(KEYS, 0)
     for path, data in files.items():
         if pathlib.PurePath(path).parts[0] == folder:
-            for key in keys:
+            for key in KEYS:
                 sums[key] += data["summary"][key]
     return sums
 

@@ -475,6 +475,14 @@ def _built(optimizer, variables):
     return optimizer
 
 
+def warns_if(expected, match):
+    """`pytest.warns(UserWarning, match=match)` when `expected`, else a
+    context that checks nothing (for tests whose parameters decide)."""
+    if expected:
+        return pytest.warns(UserWarning, match=match)
+    return contextlib.nullcontext()
+
+
 def _assert_same_values(xs, ys):
     assert len(xs) == len(ys)
     for x, y in zip(xs, ys):
@@ -866,11 +874,7 @@ def test_update_mode_with_weight_decay_and_no_decayed_kernel(problem):
         return optimizer
 
     plain = trajectory(sgd(), variables, start, steps)
-    with (
-        pytest.warns(UserWarning, match="no conv kernel to scale")
-        if problem == "dense"
-        else contextlib.nullcontext()
-    ):
+    with warns_if(problem == "dense", "no conv kernel to scale"):
         wrapped = trajectory(
             keras_sgs.SGSWrapper(sgd(), mode="update"), variables, start, steps
         )
@@ -951,15 +955,10 @@ def test_update_step_is_the_inner_update_step(make, mode):
                 optimizer.update_step(g, v, 0.1)
         return values(variables)
 
-    plain = step_by_step(make())
-    muon_gradient = mode == "gradient" and isinstance(
-        make(), keras.optimizers.Muon
-    )
-    with (
-        pytest.warns(UserWarning, match="around Muon")
-        if muon_gradient
-        else contextlib.nullcontext()
-    ):
+    inner = make()
+    plain = step_by_step(inner)
+    muon = isinstance(inner, keras.optimizers.Muon)
+    with warns_if(muon and mode == "gradient", "around Muon"):
         wrapped = step_by_step(keras_sgs.SGSWrapper(make(), mode=mode))
     _assert_same_values(plain, wrapped)
 
