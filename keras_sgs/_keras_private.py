@@ -22,6 +22,56 @@ from keras.src.utils.tracking import no_automatic_dependency_tracking  # noqa: F
 #   and collect the masks a second time.
 
 
+def flatten_layers(model, recursive=True):
+    """Every layer inside `model` (nested models' layers too when
+    `recursive`), without `model`: `Layer._flatten_layers`, which Keras's
+    own layer walks use."""
+    return model._flatten_layers(include_self=False, recursive=recursive)
+
+
+def inbound_node_count(layer):
+    """How many times `layer` is called in the graphs of Functional models
+    (its inbound nodes)."""
+    return len(layer._inbound_nodes)
+
+
+# Base-optimizer internals: `SGSWrapper` records the variables it optimizes
+# as `Optimizer.build` does, without the EMA and gradient accumulators that
+# `build` would add (the inner optimizer keeps those).
+
+
+@no_automatic_dependency_tracking
+def record_variables(optimizer, var_list):
+    """Records `var_list` as the variables `optimizer` optimizes, as
+    `Optimizer.build` does."""
+    optimizer._trainable_variables_indices = {
+        optimizer._var_key(v): i for i, v in enumerate(var_list)
+    }
+    optimizer._trainable_variables = list(var_list)
+
+
+def built_variables(optimizer):
+    """The variables recorded by `record_variables` (or `build`)."""
+    return optimizer._trainable_variables
+
+
+def variable_index(optimizer, variable):
+    """The position of `variable` among `built_variables(optimizer)`;
+    raises `KeyError` for another variable."""
+    return optimizer._get_variable_index(variable)
+
+
+def check_variables_are_known(optimizer, variables):
+    """Keras's `ValueError` for variables `optimizer` was not built with."""
+    optimizer._check_variables_are_known(variables)
+
+
+def distribution_strategy(optimizer):
+    """The `tf.distribute` strategy a TensorFlow optimizer was created
+    under."""
+    return optimizer._distribution_strategy
+
+
 def uses_weight_decay(optimizer, variable):
     """Whether `optimizer` decays `variable` (honours
     `exclude_from_weight_decay`); Keras keeps this rule private."""

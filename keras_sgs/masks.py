@@ -14,29 +14,13 @@ import keras
 import numpy as np
 
 from keras_sgs._arrays import to_numpy
+from keras_sgs._checks import check_int
+from keras_sgs._checks import check_size
 
 
 def _spatial_size(name, value):
-    """Return `value` as a tuple of positive ints (1 to 3 of them)."""
-    size = (value,) if isinstance(value, (int, np.integer)) else value
-    try:
-        size = tuple(size)
-    except TypeError:
-        size = None
-    if (
-        size is None
-        or not 1 <= len(size) <= 3
-        or not all(
-            isinstance(s, (int, np.integer)) and not isinstance(s, bool)
-            for s in size
-        )
-        or min(size) < 1
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive int or a tuple of 1 to 3 positive "
-            f"ints. Received: {name}={value!r}"
-        )
-    return tuple(int(s) for s in size)
+    """`value` as a tuple of 1 to 3 positive ints."""
+    return check_size(name, value, range(1, 4))
 
 
 def _centred_window(branch_size, size):
@@ -61,7 +45,7 @@ def _parse_branches(size, branches, value_name, convert):
     value)` pairs `branches`, each branch centred in a kernel of spatial
     `size`."""
     if isinstance(branches, (str, bytes)) or not hasattr(branches, "__iter__"):
-        raise TypeError(
+        raise ValueError(
             f"`branches` must be a list of (branch_kernel_size, {value_name}) "
             f"pairs. Received: branches={branches!r}"
         )
@@ -346,18 +330,8 @@ def csla_conv(
             "`kernel_size` must be odd on every axis, so that the 1x1 and "
             f"identity branches have a centre. Received: kernel_size={size}"
         )
-    for name, value in (
-        ("in_channels", in_channels),
-        ("out_channels", out_channels),
-    ):
-        if (
-            not isinstance(value, (int, np.integer))
-            or isinstance(value, bool)
-            or value < 1
-        ):
-            raise ValueError(
-                f"`{name}` must be a positive int. Received: {name}={value!r}"
-            )
+    in_channels = check_int("in_channels", in_channels, minimum=1)
+    out_channels = check_int("out_channels", out_channels, minimum=1)
     scales = [
         ("scale_3x3", _channel_scales("scale_3x3", scale_3x3)),
         ("scale_1x1", _channel_scales("scale_1x1", scale_1x1)),
@@ -395,12 +369,13 @@ def csla_conv(
     return mask.astype(np.float32), kernel.astype(np.float32)
 
 
-def _finite_nonnegative(value, name):
-    """`value` as a float32 array; finite and non-negative."""
+def as_mask_array(value, name):
+    """`value` as a float32 numpy array, checked to be finite and
+    non-negative: the one validator of mask values."""
     try:
         array = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError):
-        raise TypeError(
+        raise ValueError(
             f"`{name}` must be an array of numbers. Received: {name}={value!r}"
         ) from None
     if not np.all(np.isfinite(array)) or np.any(array < 0):
@@ -437,7 +412,7 @@ def kernel_mask(value, kernel_shape, name="mask"):
         A float32 numpy array of the kernel's rank.
     """
     kernel_shape = tuple(kernel_shape)
-    array = _finite_nonnegative(value, name)
+    array = as_mask_array(value, name)
     if array.shape == kernel_shape[:-2]:
         return array.reshape(kernel_shape[:-2] + (1, 1))
     if not broadcasts_to(array.shape, kernel_shape):
@@ -468,7 +443,7 @@ def mask_value(value, mask_shape, name="value"):
     """
     mask_shape = tuple(mask_shape)
     spatial = mask_shape[:-2]
-    array = _finite_nonnegative(value, name)
+    array = as_mask_array(value, name)
     if array.shape == mask_shape:
         return array
     if array.shape in (spatial, spatial + (1, 1)):

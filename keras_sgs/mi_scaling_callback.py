@@ -1,11 +1,8 @@
 """`MIScalingCallback`: learn each conv layer's SGS mask from data."""
 
 import concurrent.futures
-import contextlib
 import gc
 import itertools
-import math
-import threading
 import time
 import warnings
 
@@ -15,50 +12,15 @@ from keras import ops
 
 from keras_sgs import _keras_private as private
 from keras_sgs._arrays import to_numpy
-from keras_sgs._numbers import is_int
-from keras_sgs._numbers import is_real
-from keras_sgs.conv_kernels import spatial_kernels
+from keras_sgs._checks import check_int
+from keras_sgs._checks import check_number
+from keras_sgs._cross_worker import mean_over_workers
+from keras_sgs._held_out import check_inputs_fit_model
+from keras_sgs._held_out import held_out_inputs
+from keras_sgs._layer_inputs import compiled_capture
 from keras_sgs.mutual_info import spatial_dependence
-from keras_sgs.sgs_wrapper import SGSWrapper
-
-
-def find_sgs_wrapper(optimizer):
-    """Returns the `SGSWrapper` in `optimizer`, or `None`: the optimizer
-    itself, or one it holds, as a `LossScaleOptimizer` (which Keras adds
-    under `mixed_float16`) holds its `inner_optimizer` and a
-    `keras.optimizers.MultiOptimizer` its `optimizers`. Raises a
-    `ValueError` when it holds several (one callback refreshes one
-    wrapper's masks)."""
-    found, stack = [], [optimizer]
-    while stack:
-        optimizer = stack.pop()
-        if isinstance(optimizer, SGSWrapper):
-            found.append(optimizer)
-        elif optimizer is not None:
-            stack += getattr(optimizer, "optimizers", None) or []
-            stack.append(getattr(optimizer, "inner_optimizer", None))
-    if len(found) > 1:
-        raise ValueError(
-            "The model's optimizer holds several SGSWrappers; "
-            "MIScalingCallback and plot_masks read one. Wrap one "
-            "sub-optimizer of the MultiOptimizer. Received: "
-            f"{[w.name for w in found]}"
-        )
-    return found[0] if found else None
-
-
-def scaled_conv_layers(model, wrapper):
-    """`[(layer, kernel)]` for every conv layer whose kernel `wrapper` scales,
-    in the order of `model`'s layers (nested models included)."""
-    found = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        for kernel in spatial_kernels(layer):
-            try:
-                if wrapper.get_mask(kernel) is not None:
-                    found.append((layer, kernel))
-            except ValueError:  # a frozen conv: not among the variables
-                pass
-    return found
+from keras_sgs.sgs_wrapper import find_sgs_wrapper
+from keras_sgs.sgs_wrapper import scaled_conv_layers
 
 
 class MIScalingCallback(keras.callbacks.Callback):
@@ -171,21 +133,11 @@ class MIScalingCallback(keras.callbacks.Callback):
         max_images=512,
     ):
         super().__init__()
-        for name, value, low in [
-            ("every", every, 1),
-            ("warmup", warmup, 0),
-            ("num_batches", num_batches, 1),
-            ("max_images", max_images, 1),
-        ]:
-            if not is_int(value) or value < low:
-                raise ValueError(
-                    f"`{name}` must be an int >= {low}. Received: "
-                    f"{name}={value!r}"
-                )
-        if not is_real(k) or not (k > 0 and math.isfinite(k)):
-            raise ValueError(
-                f"`k` must be a positive number. Received: k={k!r}"
-            )
+        self.every = check_int("every", every, minimum=1)
+        self.warmup = check_int("warmup", warmup, minimum=0)
+        self.k = check_number("k", k, minimum=0, exclusive=True)
+        num_batches = check_int("num_batches", num_batches, minimum=1)
+        max_images = check_int("max_images", max_images, minimum=1)
         if layers is not None and (
             isinstance(layers, (str, keras.layers.Layer)) or not layers
         ):
@@ -193,10 +145,7 @@ class MIScalingCallback(keras.callbacks.Callback):
                 "`layers` must be None or a non-empty list of layer names, "
                 f"kernel paths or layers. Received: layers={layers!r}"
             )
-        self.data = _held_out_inputs(data, num_batches, int(max_images))
-        self.every = int(every)
-        self.warmup = int(warmup)
-        self.k = float(k)
+        self.data = held_out_inputs(data, num_batches, max_images)
         self.diagonal_removal = bool(diagonal_removal)
         self.layers = layers
         self.verbose = verbose
@@ -208,7 +157,7 @@ class MIScalingCallback(keras.callbacks.Callback):
     # -- schedule -----------------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        _check_inputs_fit_model(self.data, self.model)
+        check_inputs_fit_model(self.data, self.model)
         # Select the layers again: the model may have been recompiled or
         # (un)frozen since the last `fit`.
         self._targets = None
@@ -259,7 +208,7 @@ class MIScalingCallback(keras.callbacks.Callback):
             return {}
         if self._capture is None:
             layers = [layer for layer, _ in targets]
-            self._capture = _compiled_capture(self.model, layers)
+            self._capture = compiled_capture(self.model, layers)
         targets, feature_maps = self._called(targets, self._capture(self.data))
         layers = [layer for layer, _ in targets]
         if keras.backend.backend() == "torch":
@@ -271,7 +220,7 @@ class MIScalingCallback(keras.callbacks.Callback):
             # of shapes on the first refresh) and its serial steps overlap.
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
                 estimates = list(pool.map(self._estimate, layers, feature_maps))
-        estimates = _mean_over_workers(self.model, estimates)
+        estimates = mean_over_workers(self.model, estimates)
         updated = {}
         for (layer, kernel), mask, fmap in zip(
             targets, estimates, feature_maps
@@ -327,7 +276,8 @@ class MIScalingCallback(keras.callbacks.Callback):
                 f"{model.optimizer!r}"
             )
         parts_built = all(
-            layer.built for layer in model._flatten_layers(include_self=False)
+            layer.built
+            for layer in private.flatten_layers(model, recursive=False)
         )
         if not model.variables or not (model.built or parts_built):
             # A subclassed model or an Input-less Sequential before its
@@ -482,284 +432,3 @@ def _no_centre(layer):
     along a spatial axis, or (patchify) strides equal to its size."""
     size = tuple(layer.kernel_size)
     return any(k % 2 == 0 for k in size) or tuple(layer.strides) == size
-
-
-def _held_out_inputs(data, num_batches, max_images):
-    """The first `max_images` held-out inputs as numpy: the `x` of `data`
-    itself when it is arrays (an array, or a list / tuple / dict of them),
-    else of each of the first `num_batches` batches of the iterable,
-    concatenated. `x` is taken as `fit` takes it from a batch
-    (`keras.utils.unpack_x_y_sample_weight`)."""
-
-    def is_array(x):
-        return hasattr(x, "shape") and hasattr(x, "dtype")
-
-    def first(*parts):
-        """The first `max_images` rows of `parts`, as one numpy array."""
-        parts = [to_numpy(x[:max_images]) for x in parts]
-        return np.concatenate(parts)[:max_images]
-
-    if is_array(data) or (
-        isinstance(data, (list, tuple, dict))
-        and data
-        and all(x is None or is_array(x) for x in keras.tree.flatten(data))
-    ):
-        batches = [data]
-    elif not hasattr(data, "__iter__") or isinstance(data, (str, bytes, dict)):
-        raise TypeError(
-            "`data` must be arrays (an array, or a list, tuple or dict of "
-            "arrays) or a source of batches (a dataset, PyDataset, "
-            "generator, iterator or DataLoader). Received: data of type "
-            f"{type(data).__name__}"
-        )
-    else:
-        batches = list(itertools.islice(data, num_batches))
-        if not batches:
-            raise ValueError(
-                "`data` is empty. Received: an iterable with no batch"
-            )
-    inputs = keras.tree.map_structure(
-        first, *[_inputs_of_batch(batch) for batch in batches]
-    )
-    arrays = keras.tree.flatten(inputs)
-    for x in arrays:
-        if x.ndim < 2 or not (
-            np.issubdtype(x.dtype, np.number) or x.dtype == bool
-        ):
-            raise ValueError(
-                "`data` must hold batches of numeric inputs (at least 2 "
-                "axes: examples first). Received: an array of shape "
-                f"{x.shape} and dtype {x.dtype}"
-            )
-    sizes = {len(x) for x in arrays}
-    if 0 in sizes:
-        raise ValueError(
-            "`data` holds no held-out input. Received: arrays of "
-            f"{sorted(sizes)} rows"
-        )
-    return inputs
-
-
-def _inputs_of_batch(batch):
-    """The `x` of a batch `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`
-    (a list as a tuple), as `fit` reads it."""
-    try:
-        return keras.utils.unpack_x_y_sample_weight(batch)[0]
-    except ValueError:
-        raise ValueError(
-            "`data` (or each of its batches) must be `x`, `(x,)`, `(x, y)` "
-            "or `(x, y, sample_weight)`, as a batch of `fit`; several "
-            "inputs go in a dict or `([x1, x2, ...],)`. Received: a "
-            f"{type(batch).__name__} of {len(batch)} items of shapes "
-            f"{_shapes(batch)}"
-        ) from None
-
-
-def _shapes(structure):
-    """The shapes of a structure of arrays or tensors, in its structure."""
-    return keras.tree.map_structure(
-        lambda x: None if x is None else tuple(x.shape), structure
-    )
-
-
-def _input_structure(model):
-    """The structure of the inputs a Functional model, or a Sequential
-    model with an `Input`, is called with (`KerasTensor`s); `None` for
-    other models, whose inputs are not known before they run."""
-    if isinstance(model, private.Functional):
-        return model.input
-    if isinstance(model, keras.Sequential):
-        return (getattr(model, "inputs", None) or [None])[0]
-    return None
-
-
-def _check_inputs_fit_model(inputs, model):
-    """Raises a `ValueError` when the inputs cannot be the model's: another
-    number of arrays, a dict without some input of a model that takes a
-    dict, or an array whose rank or known dimensions (past the batch axis)
-    differ from its input's. Models whose inputs are not known pass."""
-    expected = _input_structure(model)
-    if expected is None:
-        return
-    by_name = isinstance(expected, dict) and isinstance(inputs, dict)
-    if by_name:
-        fits = set(expected) <= set(inputs)
-    else:
-        fits = len(keras.tree.flatten(inputs)) == len(
-            keras.tree.flatten(expected)
-        )
-    if not fits:
-        raise ValueError(
-            "MIScalingCallback: the inputs of `data` do not fit the model. "
-            f"Received: inputs of shapes {_shapes(inputs)}; the model "
-            f"expects inputs of shapes {_shapes(expected)}. `data` (or "
-            "each of its batches) is read as `fit` reads a batch: `x`, "
-            "`(x, y)` or `(x, y, sample_weight)`, a list as a tuple; "
-            "pass several inputs in a dict or as `([x1, x2, ...],)`."
-        )
-    if by_name:
-        pairs = [(expected[k], inputs[k]) for k in expected]
-    else:
-        pairs = zip(keras.tree.flatten(expected), keras.tree.flatten(inputs))
-    for spec, x in pairs:
-        want, got = tuple(spec.shape), tuple(x.shape)
-        if len(got) != len(want) or any(
-            w is not None and w != g for w, g in zip(want[1:], got[1:])
-        ):
-            raise ValueError(
-                "MIScalingCallback: an input of `data` has the wrong shape "
-                f"for the model. Received: an array of shape {got}; the "
-                f"model's input `{spec.name}` takes shape {want} (the "
-                "first axis is the batch: pass images as a batch, e.g. "
-                "`x[None]` for one image)."
-            )
-
-
-def _mean_over_workers(model, masks):
-    """The mean of each mask over the workers of a multi-worker TensorFlow
-    strategy (e.g. `MultiWorkerMirroredStrategy`); `masks` otherwise.
-
-    Each worker runs the callback on its own copy of the model, and state
-    that `tf.distribute` does not synchronise (the `BatchNormalization`
-    moving statistics, which each worker updates from its own shard) makes
-    the estimates differ slightly from worker to worker. Unequal masks would
-    scale the workers' steps differently (with `mode="update"` their models
-    drift apart), so every worker assigns the mean.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return masks
-    import tensorflow as tf
-
-    strategy = model.distribute_strategy
-    replicas = strategy.num_replicas_in_sync
-    # One worker (the default strategy has no `worker_devices`): the
-    # callback reads and sets every replica itself.
-    if replicas == 1 or replicas == len(strategy.extended.worker_devices):
-        return masks
-
-    def all_reduce(values):
-        # `tf.identity` places the values on the replica's device, which
-        # `all_reduce` needs inside a `tf.function`.
-        return tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.MEAN, [tf.identity(v) for v in values]
-        )
-
-    means = tf.function(lambda values: strategy.run(all_reduce, (values,)))(
-        [tf.constant(m) for m in masks]
-    )
-    return [to_numpy(strategy.experimental_local_results(m)[0]) for m in means]
-
-
-def _compiled_capture(model, layers):
-    """Returns `f(x) -> [input of each layer]`, one compiled forward pass
-    in inference mode (`tf.function` / `jax.jit`; eager on PyTorch).
-
-    When every layer sits once in the graph of a Functional or Sequential
-    model, the inputs are the outputs of a sub-model
-    `keras.Model(model.inputs, [layer.input, ...])`; otherwise (subclassed
-    or nested models, shared layers) they are recorded while the model runs
-    (`_recording_inputs`).
-    """
-    submodel = _input_submodel(model, layers)
-    if submodel is not None:
-
-        def forward(x):
-            # Each layer sees its input cast to its compute dtype
-            # (float16 under mixed precision).
-            outputs = keras.tree.flatten(submodel(x, training=False))
-            return [
-                ops.cast(t, layer.compute_dtype)
-                for t, layer in zip(outputs, layers)
-            ]
-
-    else:
-
-        def forward(x):
-            with _recording_inputs(layers) as captured:
-                model(x, training=False)
-            return captured
-
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        @tf.function
-        def traced(x):
-            return forward(x)
-
-        return traced
-    if backend == "jax":
-        import jax
-
-        def stateless(trainable, non_trainable, x):
-            # `model.__call__` (not `stateless_call`, which skips the
-            # `training` filtering for models whose call lacks it).
-            mapping = list(zip(model.trainable_variables, trainable))
-            mapping += list(zip(model.non_trainable_variables, non_trainable))
-            with keras.StatelessScope(state_mapping=mapping):
-                return forward(x)
-
-        jitted = jax.jit(stateless)
-        return lambda x: jitted(
-            [v.value for v in model.trainable_variables],
-            [v.value for v in model.non_trainable_variables],
-            x,
-        )
-    import torch
-
-    def eager(x):
-        with torch.no_grad():
-            return forward(x)
-
-    return eager
-
-
-def _input_submodel(model, layers):
-    """`keras.Model(model.inputs, [layer.input ...])`, or `None` when some
-    layer is not called exactly once in `model`'s own graph."""
-    inputs = _input_structure(model)  # None: no graph to take inputs from
-    own = {id(layer) for layer in model.layers}
-    if inputs is None or not all(
-        id(layer) in own and len(layer._inbound_nodes) == 1 for layer in layers
-    ):
-        return None
-    return keras.Model(inputs, [layer.input for layer in layers])
-
-
-# One recording at a time, in the thread that records.
-_RECORDING_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _recording_inputs(layers):
-    """Within the block, each layer's `call` records its first positional
-    input of its first call (made by this thread) into the yielded list;
-    the entry of a layer not called stays `None`.
-
-    The layers' `call` is patched for the duration of the block only. A
-    lock keeps two recordings from patching the same layers at once, and a
-    call made meanwhile by another thread runs the original `call`
-    unrecorded.
-    """
-    captured = [None] * len(layers)
-    owner = threading.get_ident()
-    with _RECORDING_LOCK:
-        originals = []
-        for i, layer in enumerate(layers):
-            original = layer.call
-
-            def call(inputs, *args, _i=i, _original=original, **kwargs):
-                if captured[_i] is None and threading.get_ident() == owner:
-                    captured[_i] = inputs
-                return _original(inputs, *args, **kwargs)
-
-            originals.append(layer.__dict__.get("call"))
-            object.__setattr__(layer, "call", call)
-        try:
-            yield captured
-        finally:
-            for layer, original in zip(layers, originals):
-                if original is None:
-                    object.__delattr__(layer, "call")
-                else:
-                    object.__setattr__(layer, "call", original)

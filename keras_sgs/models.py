@@ -14,6 +14,8 @@ stride-2 conv on an even input by (0, 1)); stride-1 convs use "same".
 
 import keras
 
+from keras_sgs._checks import check_int
+from keras_sgs._checks import check_number
 from keras_sgs.reparam import ACBlock
 from keras_sgs.reparam import RepVGGBlock
 
@@ -105,21 +107,14 @@ def build_model(
             f"`conv_type` must be one of {CONV_TYPES}. Received: "
             f"conv_type={conv_type!r}"
         )
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(
-            "`num_classes` must be a positive int. Received: "
-            f"num_classes={num_classes!r}"
-        )
+    num_classes = check_int("num_classes", num_classes, minimum=1)
     if head not in HEADS or (head != "linear" and name not in _VGG_CONFIGS):
         choices = HEADS if name in _VGG_CONFIGS else ("linear",)
         raise ValueError(
             f"`head` must be one of {choices} for {name!r}. Received: "
             f"head={head!r}"
         )
-    if not isinstance(width, (int, float)) or not width > 0:
-        raise ValueError(
-            f"`width` must be a positive number. Received: width={width!r}"
-        )
+    width = check_number("width", width, minimum=0, exclusive=True)
     if input_shape is None:
         imagenet = name.startswith("imagenet_")
         input_shape = (224, 224, 3) if imagenet else (32, 32, 3)

@@ -31,8 +31,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_sgs._numbers import is_int
-from keras_sgs._numbers import is_real
+from keras_sgs._checks import check_number
+from keras_sgs._checks import check_size
 
 PADDINGS = ("same", "valid", "causal")
 # Pairs (displacements x batch x pixels x channels) per call of the
@@ -126,8 +126,10 @@ def spatial_dependence(
             "`feature_map` must hold at least one example and one channel. "
             f"Received: feature_map with shape {shape}"
         )
-    kernel_size = _int_tuple("kernel_size", kernel_size, rank)
-    dilation_rate = _int_tuple("dilation_rate", dilation_rate, rank)
+    kernel_size = check_size("kernel_size", kernel_size, range(rank, rank + 1))
+    dilation_rate = check_size(
+        "dilation_rate", dilation_rate, range(rank, rank + 1)
+    )
     if all(s == 1 for s in kernel_size):
         raise ValueError(
             "`kernel_size` must have more than one position (a 1x1 kernel "
@@ -149,8 +151,7 @@ def spatial_dependence(
             f"{shape}, kernel_size={kernel_size}, dilation_rate="
             f"{dilation_rate}"
         )
-    if not (is_real(k) and k > 0 and math.isfinite(k)):
-        raise ValueError(f"`k` must be a positive number. Received: k={k!r}")
+    k = check_number("k", k, minimum=0, exclusive=True)
     # Histograms have no gradient; a PyTorch map may require one.
     feature_map = ops.stop_gradient(ops.convert_to_tensor(feature_map))
     dependence = _compiled_map_dependence(
@@ -184,23 +185,6 @@ def dependence_to_scaling(dependence):
     """
     dependence = ops.cast(dependence, "float32")
     return dependence / ops.mean(dependence)
-
-
-def _int_tuple(name, value, rank):
-    error = ValueError(
-        f"`{name}` must be a positive int or a tuple of {rank} positive "
-        f"ints (one per spatial axis). Received: {name}={value!r}"
-    )
-    if is_int(value):
-        values = (value,) * rank
-    else:
-        try:
-            values = tuple(value)
-        except TypeError:
-            raise error from None
-    if len(values) != rank or not all(is_int(v) and v >= 1 for v in values):
-        raise error
-    return tuple(int(v) for v in values)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

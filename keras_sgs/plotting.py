@@ -6,14 +6,16 @@ import numpy as np
 
 from keras_sgs import masks as masks_lib
 from keras_sgs._arrays import to_numpy
-from keras_sgs.mi_scaling_callback import find_sgs_wrapper
-from keras_sgs.mi_scaling_callback import scaled_conv_layers
+from keras_sgs.sgs_wrapper import find_sgs_wrapper
+from keras_sgs.sgs_wrapper import scaled_conv_layers
 
 
 def model_masks(model):
-    """Returns `{layer name: mask}` (numpy, the kernel's spatial shape) for
-    every conv layer the model's `SGSWrapper` scales; a mask with channels
-    (e.g. per output channel) gives its mean over the channels."""
+    """Returns `{kernel variable path: mask}` (numpy, the kernel's spatial
+    shape) for every conv layer the model's `SGSWrapper` scales, keyed as
+    `MIScalingCallback.refresh()` keys them (paths stay unique where layer
+    names repeat, as in nested blocks); a mask with channels (e.g. per
+    output channel) gives its mean over the channels."""
     wrapper = find_sgs_wrapper(model.optimizer)
     if wrapper is None or not wrapper.built:
         raise ValueError(
@@ -21,8 +23,8 @@ def model_masks(model):
             f"(train a step first). Received: optimizer={model.optimizer!r}"
         )
     return {
-        layer.name: masks_lib.spatial_mean(to_numpy(wrapper.get_mask(kernel)))
-        for layer, kernel in scaled_conv_layers(model, wrapper)
+        kernel.path: masks_lib.spatial_mean(to_numpy(wrapper.get_mask(kernel)))
+        for _, kernel in scaled_conv_layers(model, wrapper)
     }
 
 

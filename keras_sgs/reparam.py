@@ -28,6 +28,7 @@ import numpy as np
 from keras import ops
 
 from keras_sgs._arrays import to_numpy
+from keras_sgs._checks import check_int
 
 PADDINGS = ("valid", "same")
 
@@ -118,17 +119,6 @@ def _batch_norm_arrays(batch_norm):
     return (*arrays, batch_norm.epsilon)
 
 
-def _check_positive_int(name, value, odd=False):
-    if (
-        not isinstance(value, (int, np.integer))
-        or isinstance(value, bool)
-        or value < 1
-        or (odd and value % 2 == 0)
-    ):
-        kind = "an odd positive int" if odd else "a positive int"
-        raise ValueError(f"`{name}` must be {kind}. Received: {name}={value!r}")
-
-
 class _BranchedConv(keras.layers.Layer):
     """Parallel conv-BN branches, summed.
 
@@ -150,9 +140,9 @@ class _BranchedConv(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("filters", filters)
-        _check_positive_int("kernel_size", kernel_size, odd=True)
-        _check_positive_int("strides", strides)
+        filters = check_int("filters", filters, minimum=1)
+        kernel_size = check_int("kernel_size", kernel_size, minimum=1, odd=True)
+        strides = check_int("strides", strides, minimum=1)
         if padding not in PADDINGS:
             raise ValueError(
                 f"`padding` must be one of {PADDINGS}. Received: "
@@ -166,9 +156,9 @@ class _BranchedConv(keras.layers.Layer):
                 "// 2) and use padding='valid'. Received: "
                 f"padding={padding!r}, strides={strides}"
             )
-        self.filters = int(filters)
-        self.kernel_size = int(kernel_size)
-        self.strides = int(strides)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
         self.padding = padding
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)

@@ -87,7 +87,7 @@ def test_bad_input(kwargs, match):
 
 
 def test_branches_not_a_list():
-    with pytest.raises(TypeError, match="branches"):
+    with pytest.raises(ValueError, match="branches"):
         mask_from_branches((3, 3), 1.0)
 
 
@@ -102,7 +102,7 @@ def test_mask_value_of_a_spatial_mask():
         mask_value(-np.ones((3, 3)), (3, 3, 1, 1))
     with pytest.raises(ValueError, match="finite"):
         mask_value(np.full((3, 3), np.inf), (3, 3, 1, 1))
-    with pytest.raises(TypeError, match="array of numbers"):
+    with pytest.raises(ValueError, match="array of numbers"):
         mask_value("ones", (3, 3, 1, 1))
 
 

@@ -14,11 +14,38 @@ def test_plot_masks_of_a_model(tmp_path):
     model.optimizer.build(model.trainable_variables)
     model.optimizer.set_mask(model.get_layer("c2").kernel, np.full((5, 5), 2.0))
     masks = keras_sgs.plotting.model_masks(model)
-    assert list(masks) == ["c1", "c2"]
-    np.testing.assert_array_equal(masks["c2"], 2.0)
+    assert list(masks) == ["c1/kernel", "c2/kernel"]
+    np.testing.assert_array_equal(masks["c2/kernel"], 2.0)
     path = keras_sgs.plot_masks(model, str(tmp_path / "masks.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_model_masks_of_blocks_with_repeated_layer_names():
+    """Two blocks whose convs share a name (as KerasHub's do): each kernel
+    keeps its own mask, keyed by its path as `refresh()` keys it."""
+
+    class Block(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.conv = keras.layers.Conv2D(4, 3, padding="same", name="conv")
+
+        def build(self, input_shape):
+            self.conv.build(input_shape)
+
+        def call(self, x):
+            return self.conv(x)
+
+    inputs = keras.Input((8, 8, 4))
+    model = keras.Model(inputs, Block(name="b2")(Block(name="b1")(inputs)))
+    model.compile(keras_sgs.SGSWrapper(keras.optimizers.SGD()), "mse")
+    model.optimizer.build(model.trainable_variables)
+    second = model.get_layer("b2").conv.kernel
+    model.optimizer.set_mask(second, np.full((3, 3), 2.0))
+    masks = keras_sgs.plotting.model_masks(model)
+    assert list(masks) == ["b1/conv/kernel", "b2/conv/kernel"]
+    np.testing.assert_array_equal(masks["b1/conv/kernel"], 1.0)
+    np.testing.assert_array_equal(masks["b2/conv/kernel"], 2.0)
 
 
 def test_plot_masks_of_a_dict_and_errors(tmp_path):
@@ -47,8 +74,10 @@ def test_plot_masks_shows_the_spatial_mean_of_channel_masks(tmp_path):
     )
     model.optimizer.build(model.trainable_variables)
     masks = keras_sgs.plotting.model_masks(model)
-    np.testing.assert_allclose(masks["c1"], np.full((3, 3), 3.0))
-    np.testing.assert_allclose(masks["dw"], full.mean(axis=(2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(masks["c1/kernel"], np.full((3, 3), 3.0))
+    np.testing.assert_allclose(
+        masks["dw/kernel"], full.mean(axis=(2, 3)), rtol=1e-6
+    )
     path = keras_sgs.plot_masks(model, str(tmp_path / "masks.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -733,7 +733,7 @@ def test_serialization_round_trip():
 @pytest.mark.parametrize(
     "make, error, match",
     [
-        (lambda: keras_sgs.SGSWrapper(3), TypeError, "inner_optimizer=3"),
+        (lambda: keras_sgs.SGSWrapper(3), ValueError, "inner_optimizer=3"),
         (
             lambda: keras_sgs.SGSWrapper(
                 keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD())
@@ -784,7 +784,7 @@ def test_serialization_round_trip():
         ),
         (
             lambda: keras_sgs.SGSWrapper(keras.optimizers.SGD(), masks="ones"),
-            TypeError,
+            ValueError,
             "masks='ones'",
         ),
         (
@@ -796,7 +796,7 @@ def test_serialization_round_trip():
             lambda: keras_sgs.SGSWrapper(
                 keras.optimizers.SGD(), masks={3: ACB}
             ),
-            TypeError,
+            ValueError,
             "key=3",
         ),
     ]
