@@ -6,19 +6,11 @@ per run and a markdown table (test top-1 mean +- std over seeds and its
 difference to the baseline, seconds per epoch and their ratio to the
 baseline's, seconds in MI refreshes) beside the reference: the paper's
 CIFAR-100 figures, or for CIFAR-10 those measured with the authors' own
-PyTorch code. The defaults are the authors' CIFAR-100 recipe
-(`configs/strategies/DyRep/wei_cifar.yaml` in
-Ascend-Research/Reparameterization), for CIFAR-10 too (their CIFAR-10
-config trains 600 epochs with decay 1e-4 and refreshes every 30 epochs
-from 20 batches; differences: docs/results.md, "Faithfulness"):
-VGG-11-BN (for CIFAR-100 with the 4096-4096 classifier of
-`weiaicunzai/pytorch-cifar100`, `--head=mlp`), batch 128, SGD momentum
-0.9 without Nesterov, lr 0.1 with cosine decay over all steps,
-PyTorch's coupled weight decay 5e-4 on every variable (added after the SGS
-mask, `SGSWrapper(coupled_weight_decay=...)`), random crop (pad 4) + flip +
-cutout 16 on the device, SGS-MI masks refreshed at epoch 1 and then every 5
-epochs from 2 batches (the first training images, without augmentation;
-the authors take each epoch's first augmented batches), k = 5.
+PyTorch code. The defaults are the authors' CIFAR-100 recipe, for CIFAR-10
+too: `keras_sgs.recipes` (the recipe, its source and what each method
+builds), with the augmentation drawn per image on the device and SGS-MI's
+held-out images the first training images, without augmentation (their
+CIFAR-10 config differs: docs/results.md, "Faithfulness").
 
 - `baseline`: plain convs; `sgs_mi`: masks from `MIScalingCallback`;
   `sgs_constant`: ACNet's fixed 3x3+1x3+3x1 mask; `acb` / `repvgg`: the
@@ -70,16 +62,21 @@ from common import command_line  # noqa: E402
 from common import device_description  # noqa: E402
 
 import keras_sgs  # noqa: E402
+from keras_sgs import recipes  # noqa: E402
 from keras_sgs.plotting import model_masks  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 MODELS = ("vgg11", "vgg16", "resnet18")
 # The authors' model and schedule per data set: (head, epochs).
-RECIPES = {"cifar10": ("linear", 60), "cifar100": ("mlp", 200)}
-METHODS = ("baseline", "sgs_mi", "sgs_constant", "acb", "repvgg")
-CONV_TYPES = {"acb": "acb", "repvgg": "repvgg"}  # other methods: "plain"
-ACB_BRANCHES = [((3, 3), 1.0), ((1, 3), 1.0), ((3, 1), 1.0)]
+# The study's default epochs per data set: the CIFAR-10 study's 60, the
+# authors' 200 for CIFAR-100.
+DEFAULT_EPOCHS = {"cifar10": 60, "cifar100": recipes.CIFAR.epochs}
+METHODS = tuple(recipes.METHODS)
+# The branched methods, evaluated after fusion too.
+BRANCHED = tuple(
+    m for m, s in recipes.METHODS.items() if s.conv_type != "plain"
+)
 # (dataset, model, epochs) -> (source, seeds, baseline, SGS), from
 # ../shared/docs/method.md: CIFAR-10 measured with the authors' PyTorch code
 # on the same TFRecords (VGG-11-BN, one H100); CIFAR-100 the paper's
@@ -106,7 +103,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum(
     "dataset",
     "cifar10",
-    tuple(cifar.DATASETS),
+    tuple(recipes.DATASETS),
     "Sets the classes, the normalization, the default --data, --head and "
     "--epochs.",
 )
@@ -154,13 +151,26 @@ flags.DEFINE_string(
     "Test images: a TFRecord glob (ignored when --data is a .npz). "
     "Defaults to ../shared/data/<dataset>/test-*.tfrecord.",
 )
-flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
-flags.DEFINE_float("lr", 0.1, "Learning rate, cosine-decayed to 0.")
-flags.DEFINE_float("weight_decay", 5e-4, "Coupled weight decay.")
-flags.DEFINE_integer("refresh_every", 5, "SGS-MI: epochs between refreshes.")
-flags.DEFINE_integer("refresh_warmup", 1, "SGS-MI: first refreshing epoch.")
-flags.DEFINE_integer("refresh_batches", 2, "SGS-MI: held-out batches.")
-flags.DEFINE_float("mi_k", 5.0, "SGS-MI: sharpening k.")
+_RECIPE = recipes.CIFAR
+flags.DEFINE_integer(
+    "batch_size", _RECIPE.batch_size, "Batch size.", lower_bound=1
+)
+flags.DEFINE_float(
+    "lr", _RECIPE.learning_rate, "Learning rate, cosine-decayed to 0."
+)
+flags.DEFINE_float(
+    "weight_decay", _RECIPE.weight_decay, "Coupled weight decay."
+)
+flags.DEFINE_integer(
+    "refresh_every", _RECIPE.refresh_every, "SGS-MI: epochs between refreshes."
+)
+flags.DEFINE_integer(
+    "refresh_warmup", _RECIPE.refresh_warmup, "SGS-MI: first refreshing epoch."
+)
+flags.DEFINE_integer(
+    "refresh_batches", _RECIPE.refresh_batches, "SGS-MI: held-out batches."
+)
+flags.DEFINE_float("mi_k", _RECIPE.mi_k, "SGS-MI: sharpening k.")
 flags.DEFINE_integer(
     "parallel",
     1,
@@ -189,9 +199,8 @@ def main(argv):
         retabulate(FLAGS.output)
         return
     methods, seeds = check_flags()
-    default_head, default_epochs = RECIPES[FLAGS.dataset]
-    FLAGS.head = FLAGS.head or default_head
-    FLAGS.epochs = FLAGS.epochs or default_epochs
+    FLAGS.head = FLAGS.head or recipes.DATASETS[FLAGS.dataset].head
+    FLAGS.epochs = FLAGS.epochs or DEFAULT_EPOCHS[FLAGS.dataset]
     shared = SHARED_DATA / FLAGS.dataset
     data = FLAGS.data or str(shared / "train-*.tfrecord")
     test_data = FLAGS.test_data or str(shared / "test-*.tfrecord")
@@ -366,7 +375,7 @@ def check_flags():
 
 
 def load(split, source, limit):
-    """`cifar.load_split` and `cifar.check_labels`, with bad data reported
+    """`cifar.load_split` and `recipes.check_labels`, with bad data reported
     as a usage error."""
     try:
         images, labels = cifar.load_split(source, split, limit)
@@ -375,7 +384,7 @@ def load(split, source, limit):
             f"Cannot read the {split} images: {error}"
         ) from None
     try:
-        cifar.check_labels(labels, FLAGS.dataset, source)
+        recipes.check_labels(labels, FLAGS.dataset, source)
     except ValueError as error:
         raise app.UsageError(
             f"The {split} labels do not fit --dataset={FLAGS.dataset}: {error}"
@@ -403,47 +412,15 @@ def train_run(job):
     }
     method = job["method"]
     dataset = job["dataset"]
-    backbone = keras_sgs.models.build_model(
-        job["model"],
-        cifar.DATASETS[dataset].num_classes,
-        CONV_TYPES.get(method, "plain"),
-        width=job["width"],
-        head=job["head"],
-    )
-    model = cifar.training_model(backbone, dataset)
-    steps_per_epoch = -(-len(data["train_labels"]) // job["batch_size"])
-    masks = None
-    if method == "sgs_constant":
-        masks = keras_sgs.mask_from_branches((3, 3), ACB_BRANCHES)
-    optimizer = keras_sgs.SGSWrapper(
-        keras.optimizers.SGD(
-            keras.optimizers.schedules.CosineDecay(
-                job["lr"], job["epochs"] * steps_per_epoch
-            ),
-            momentum=0.9,
-        ),
-        masks=masks,
-        coupled_weight_decay=job["weight_decay"] or None,
+    backbone, model, optimizer, callbacks = cifar.build_run(
+        job, data["train_images"], len(data["train_labels"])
     )
     compile_for_accuracy(model, optimizer)
-    callbacks = []
-    if method == "sgs_mi":
-        held_out = data["train_images"][
-            : job["refresh_batches"] * job["batch_size"]
-        ]
-        callbacks.append(
-            keras_sgs.MIScalingCallback(
-                held_out,
-                every=job["refresh_every"],
-                warmup=job["refresh_warmup"],
-                k=job["mi_k"],
-            )
-        )
     results = {
         "dataset": dataset,
         "model": job["model"],
         "head": job["head"],
-        "num_classes": cifar.DATASETS[dataset].num_classes,
+        "num_classes": recipes.DATASETS[dataset].num_classes,
         "method": method,
         "seed": job["seed"],
         "epochs": job["epochs"],
@@ -466,13 +443,16 @@ def train_run(job):
     )
     test = (data["test_images"], data["test_labels"])
     results["test_top1"] = evaluate(model, *test)
-    if method in CONV_TYPES:
+    if method in BRANCHED:
         fused = cifar.inference_model(
             keras_sgs.reparam.fuse_model(backbone), dataset
         )
         compile_for_accuracy(fused, "sgd")
         results["fused_test_top1"] = evaluate(fused, *test)
-    if method in ("sgs_mi", "sgs_constant"):
+    if (
+        recipes.METHODS[method].learns_masks
+        or recipes.METHODS[method].fixed_mask
+    ):
         results["masks"] = {
             name: mask.tolist() for name, mask in model_masks(model).items()
         }
@@ -722,7 +702,7 @@ def table(results, train_images, test_images):
     for method, runs in by_method.items():
         fused = (
             mean_std([r["fused_test_top1"] for r in runs])
-            if method in CONV_TYPES
+            if method in BRANCHED
             else ""
         )
         per_seed = ", ".join(

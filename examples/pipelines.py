@@ -29,7 +29,9 @@ class Task:
         tfds_test_split: str. The tfds split evaluated.
         train_decode: `(bytes, label) -> (x, label)` before the cache, or
             `None` to keep the encoded bytes.
-        train_augment: `(x, label) -> (image, label)` after the shuffle.
+        train_augment: `seed -> ((x, label) -> (image, label))`: the
+            augmentation after the shuffle, made once per pipeline (its
+            random draws start from `seed`).
         eval_decode: `(bytes, label) -> (image, label)`.
         cache: bool. Cache the decoded training and test sets in memory.
         shuffle_buffer: int. Training examples in the shuffle buffer.
@@ -329,7 +331,7 @@ def train_dataset(examples, task, batch_size, seed):
     return (
         examples.shuffle(task.shuffle_buffer, seed=seed)
         .repeat()
-        .map(task.train_augment, num_parallel_calls=tf.data.AUTOTUNE)
+        .map(task.train_augment(seed), num_parallel_calls=tf.data.AUTOTUNE)
         .batch(batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
     )

@@ -9,7 +9,7 @@ import run_dir
 import tensorflow as tf
 from absl import logging
 
-import keras_sgs
+from keras_sgs import recipes
 
 # Exit status of a run stopped by `--stop_after_epoch`.
 STOPPED_EXIT_CODE = 75
@@ -128,20 +128,15 @@ class AverageReplicaStatistics(keras.callbacks.Callback):
         self.strategy.run(average)
 
 
-def make_callbacks(config, output_dir, history, held_out, strategy):
-    """The callbacks of `fit`, in this order: the MI refresh (`sgs_mi`),
-    `history`, the replica average (several replicas), the backup, the
-    checkpoint, TensorBoard (when installed), the test stop."""
+def make_callbacks(config, recipe, output_dir, history, held_out, strategy):
+    """The callbacks of `fit`, in this order: the recipe's MI refresh
+    (`sgs_mi`), `history`, the replica average (several replicas), the
+    backup, the checkpoint, TensorBoard (when installed), the test stop."""
     callbacks = []
-    if config.method == "sgs_mi":
+    if recipes.METHODS.get(config.method, recipes.Method()).learns_masks:
         callbacks.append(
-            keras_sgs.MIScalingCallback(
-                held_out,
-                every=config.refresh_every,
-                warmup=config.refresh_warmup,
-                k=config.mi_k,
-                diagonal_removal=config.diagonal_removal,
-                num_batches=config.refresh_batches,
+            recipes.mi_callback(
+                held_out, recipe, diagonal_removal=config.diagonal_removal
             )
         )
     callbacks.append(history)

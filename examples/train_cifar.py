@@ -1,22 +1,16 @@
 r"""Trains a CIFAR model with SGS, branched reparameterization or plain SGD.
 
-The defaults are the authors' CIFAR-100 recipe (Detkov et al., ICLR 2023;
-`configs/strategies/DyRep/wei_cifar.yaml` in their repository), for
-CIFAR-10 too:
-SGD momentum 0.9, learning rate 0.1 with cosine decay over all steps,
-batch 128, weight decay 5e-4 (PyTorch SGD's coupled decay, added after the
-SGS mask, on every trainable variable), 200 epochs, random crop (pad 4) +
-horizontal flip + cutout 16; SGS-MI refreshes the masks every 5 epochs
-after a warm-up epoch from 2 batches (the first training images, without
-augmentation), k = 5. `--dataset` sets the classes, the
-normalization and the VGG classifier: for CIFAR-100 the authors' model
-has the 4096-4096 classifier of `weiaicunzai/pytorch-cifar100`
-(`--head=mlp`). Without --data or --tfds_name it trains on the CIFAR-10
-sample shipped in `data/cifar10_sample` (4000 training / 1000 test
-images). TFRecords may hold PNG or JPEG; their `image/class/label` is
-the label (CIFAR-100's fine label). Every image and label is checked
-before training: labels outside the classes, another data set's records
-(e.g. only 10 classes seen for CIFAR-100), images of another size.
+The defaults are the authors' CIFAR recipe, `keras_sgs.recipes.CIFAR`, built
+with the same parts as `benchmarks/accuracy.py` (`keras_sgs.recipes`: the
+optimizer, the MI callback, the augmentation layers, here run in the
+`tf.data` pipeline). `--dataset` sets the classes, the normalization and
+the VGG classifier (for CIFAR-100 the 4096-4096 one, `--head=mlp`).
+Without --data or --tfds_name it trains on the CIFAR-10 sample shipped in
+`data/cifar10_sample` (4000 training / 1000 test images). TFRecords may
+hold PNG or JPEG; their `image/class/label` is the label (CIFAR-100's fine
+label). Every image and label is checked before training: labels outside
+the classes, another data set's records (e.g. only 10 classes seen for
+CIFAR-100), images of another size.
 
 ```sh
 python3 examples/train_cifar.py --model=vgg11 --method=sgs_mi \
@@ -38,31 +32,13 @@ import training
 from absl import app
 from absl import flags
 
-# Per data set: classes, the training images' per-channel mean and
-# standard deviation, and the VGG classifier of the authors' model.
-DATASETS = {
-    "cifar10": (
-        10,
-        (0.4914, 0.4822, 0.4465),
-        (0.2470, 0.2435, 0.2616),
-        "linear",
-    ),
-    "cifar100": (
-        100,
-        (0.5071, 0.4865, 0.4409),
-        (0.2673, 0.2564, 0.2762),
-        "mlp",
-    ),
-}
+from keras_sgs import recipes
+
 SAMPLE = pathlib.Path(__file__).resolve().parents[1] / "data" / "cifar10_sample"
-CUTOUT = 16
 
 train_flags.define_flags(
     models=("vgg11", "vgg16", "resnet18"),
-    epochs=200,
-    batch_size=128,
-    weight_decay=5e-4,
-    nesterov=False,
+    recipe=recipes.CIFAR,
     strategy="default",
     diagonal_removal=False,
     help_texts={
@@ -81,7 +57,7 @@ flags.adopt_module_key_flags(train_flags)
 flags.DEFINE_enum(
     "dataset",
     None,
-    tuple(DATASETS),
+    tuple(recipes.DATASETS),
     "Sets the classes, the normalization and the default --head. Defaults "
     "to --tfds_name, else cifar10.",
 )
@@ -118,49 +94,39 @@ def decode(encoded, label):
     return image, label
 
 
-def cutout(image, size):
-    """Zeroes a `size x size` square centred anywhere in the image (it may
-    stick out), as in DeVries & Taylor's Cutout."""
-    height, width = image.shape[0], image.shape[1]
-    cy = tf.random.uniform([], 0, height, tf.int32)
-    cx = tf.random.uniform([], 0, width, tf.int32)
-    rows = tf.range(height)[:, None]
-    cols = tf.range(width)[None, :]
-    inside = (
-        (rows >= cy - size // 2)
-        & (rows < cy + size - size // 2)
-        & (cols >= cx - size // 2)
-        & (cols < cx + size - size // 2)
-    )
-    return image * tf.cast(~inside, image.dtype)[..., None]
-
-
 def make_task(dataset, head):
-    """The `pipelines.Task` of `dataset` (a key of `DATASETS`)."""
-    num_classes, mean, std, _ = DATASETS[dataset]
+    """The `pipelines.Task` of `dataset` (a key of
+    `keras_sgs.recipes.DATASETS`)."""
+    normalization = recipes.normalization(dataset)
+    # Built now: `tf.data` traces each pipeline's functions in a graph of
+    # its own, where the layer's constants would stay.
+    normalization.build((None,) + recipes.IMAGE_SHAPE)
 
-    def augment(image, label):
-        """Random crop of the image padded by 4, flip, normalize, cutout."""
-        image = tf.image.pad_to_bounding_box(image, 4, 4, 40, 40)
-        image = tf.image.random_crop(image, (32, 32, 3))
-        image = tf.image.random_flip_left_right(image)
-        return cutout(pipelines.normalize(image, mean, std), CUTOUT), label
+    def train_augment(seed):
+        """The recipe's crop, flip, normalization and cutout
+        (`keras_sgs.recipes.augmentation`), one draw per image."""
+        augmentation = recipes.augmentation(dataset, seed=seed)
+
+        def augment(image, label):
+            return augmentation(image[None], training=True)[0], label
+
+        return augment
 
     def eval_decode(encoded, label):
         """PNG or JPEG bytes to a normalized float32 image."""
         image, label = decode(encoded, label)
-        return pipelines.normalize(image, mean, std), label
+        return normalization(image[None])[0], label
 
     return pipelines.Task(
         name="cifar",
-        input_shape=(32, 32, 3),
+        input_shape=recipes.IMAGE_SHAPE,
         exact_image_size=True,
-        num_classes=num_classes,
+        num_classes=recipes.DATASETS[dataset].num_classes,
         train_data=str(SAMPLE / "train.tfrecord"),
         test_data=str(SAMPLE / "test.tfrecord"),
         tfds_test_split="test",
         train_decode=decode,
-        train_augment=augment,
+        train_augment=train_augment,
         eval_decode=eval_decode,
         cache=True,
         shuffle_buffer=50_000,
@@ -177,7 +143,7 @@ def task_from_flags(config):
     (from --tfds_name, else cifar10) and `head` (the data set's) are set
     where not given, so that the run records them."""
     config.dataset = config.dataset or config.tfds_name or "cifar10"
-    config.head = config.head or DATASETS[config.dataset][3]
+    config.head = config.head or recipes.DATASETS[config.dataset].head
     return make_task(config.dataset, config.head)
 
 

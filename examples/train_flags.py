@@ -3,9 +3,21 @@ define a run (a restart must not change those)."""
 
 from absl import flags
 
-METHODS = ("baseline", "sgs_mi", "sgs_constant", "repopt", "acb", "repvgg")
-SGS_METHODS = ("sgs_mi", "sgs_constant", "repopt")
-CONV_TYPES = {"acb": "acb", "repvgg": "repvgg"}  # other methods: "plain"
+from keras_sgs import recipes
+
+# The recipe's methods, and RepOptimizer (`repopt`), which the scripts add:
+# `baseline`'s optimizer with CSLA blocks' masks and initial kernels.
+METHODS = tuple(recipes.METHODS) + ("repopt",)
+SGS_METHODS = tuple(
+    name
+    for name, method in recipes.METHODS.items()
+    if method.learns_masks or method.fixed_mask
+) + ("repopt",)
+CONV_TYPES = {  # other methods: "plain"
+    name: method.conv_type
+    for name, method in recipes.METHODS.items()
+    if method.conv_type != "plain"
+}
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 # The flags that define a run: what it trains, on what, with which recipe.
 # Recorded in --output_dir at the first start; a restart with other values
@@ -38,23 +50,14 @@ DEFINING_FLAGS = (
 )
 
 
-def define_flags(
-    *,
-    models,
-    epochs,
-    batch_size,
-    weight_decay,
-    nesterov,
-    strategy,
-    diagonal_removal,
-    help_texts,
-):
+def define_flags(*, models, recipe, strategy, diagonal_removal, help_texts):
     """Defines the flags both training scripts take.
 
     Args:
         models: the `--model` choices; the first is the default.
-        epochs, batch_size, weight_decay, nesterov, strategy,
-            diagonal_removal: the defaults of those flags (the recipe).
+        recipe: `keras_sgs.recipes.Recipe`: the defaults of the recipe's
+            flags.
+        strategy, diagonal_removal: the defaults of those flags.
         help_texts: dict, the help of `lr`, `weight_decay`, `data`,
             `tfds_name` and `num_classes`, which differ per script.
     """
@@ -72,17 +75,21 @@ def define_flags(
         "acb / repvgg: branched convs (keras_sgs.reparam), SGD; also "
         "evaluated after fusion.",
     )
-    flags.DEFINE_integer("epochs", epochs, "Training epochs.", lower_bound=1)
+    flags.DEFINE_integer(
+        "epochs", recipe.epochs, "Training epochs.", lower_bound=1
+    )
     flags.DEFINE_integer(
         "batch_size",
-        batch_size,
+        recipe.batch_size,
         "Global batch size (split over the replicas).",
         lower_bound=1,
     )
-    flags.DEFINE_float("lr", 0.1, help_texts["lr"])
-    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-    flags.DEFINE_bool("nesterov", nesterov, "Nesterov momentum.")
-    flags.DEFINE_float("weight_decay", weight_decay, help_texts["weight_decay"])
+    flags.DEFINE_float("lr", recipe.learning_rate, help_texts["lr"])
+    flags.DEFINE_float("momentum", recipe.momentum, "SGD momentum.")
+    flags.DEFINE_bool("nesterov", recipe.nesterov, "Nesterov momentum.")
+    flags.DEFINE_float(
+        "weight_decay", recipe.weight_decay, help_texts["weight_decay"]
+    )
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_float(
         "width", 1.0, "Width multiplier of the model's channels."
@@ -141,25 +148,27 @@ def define_flags(
     )
     flags.DEFINE_integer(
         "refresh_every",
-        5,
+        recipe.refresh_every,
         "SGS-MI: epochs between mask refreshes.",
         lower_bound=1,
     )
     flags.DEFINE_integer(
         "refresh_warmup",
-        1,
+        recipe.refresh_warmup,
         "SGS-MI: the first epoch (0-based) that refreshes; masks are ones "
         "before it.",
         lower_bound=0,
     )
     flags.DEFINE_integer(
         "refresh_batches",
-        2,
+        recipe.refresh_batches,
         "SGS-MI: held-out batches per refresh: the first training batches "
         "without augmentation (test preprocessing).",
         lower_bound=1,
     )
-    flags.DEFINE_float("mi_k", 5.0, "SGS-MI: sharpening k of the estimate.")
+    flags.DEFINE_float(
+        "mi_k", recipe.mi_k, "SGS-MI: sharpening k of the estimate."
+    )
     flags.DEFINE_bool(
         "diagonal_removal",
         diagonal_removal,

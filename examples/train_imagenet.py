@@ -24,6 +24,8 @@ See `training.py` for what is written to --output_dir; a run started again
 with the same --output_dir resumes after its last finished epoch.
 """
 
+import dataclasses
+
 import pipelines
 import tensorflow as tf
 import train_flags
@@ -31,15 +33,20 @@ import training
 from absl import app
 from absl import flags
 
+from keras_sgs import recipes
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
+# The authors' ImageNet recipe (above): the CIFAR recipe's SGD and SGS-MI
+# settings, with these changes.
+IMAGENET = dataclasses.replace(
+    recipes.CIFAR, epochs=120, batch_size=256, weight_decay=1e-4, nesterov=True
+)
+
 train_flags.define_flags(
     models=("imagenet_resnet18", "imagenet_resnet50"),
-    epochs=120,
-    batch_size=256,
-    weight_decay=1e-4,
-    nesterov=True,
+    recipe=IMAGENET,
     strategy="auto",
     diagonal_removal=True,
     help_texts={
@@ -124,7 +131,7 @@ def make_task(image_size, label_offset, tfds_manual_dir):
         test_data=None,
         tfds_test_split="validation",
         train_decode=None,
-        train_augment=random_resized_crop(image_size),
+        train_augment=lambda seed: random_resized_crop(image_size),
         eval_decode=center_crop(image_size),
         cache=False,
         shuffle_buffer=10_000,

@@ -19,14 +19,12 @@ into `--output_dir`:
 - `masks.png`: the final SGS masks (`sgs_mi`, `sgs_constant`);
 - `results.json`: test accuracy, timings and the run's settings.
 
-JSON files are written atomically. Every method trains with
-`SGSWrapper(SGD(...), coupled_weight_decay=...)`: the authors' step,
-PyTorch's `SGD(weight_decay=...)`, where `wd * w` is added to the gradient
-after the SGS mask and goes through momentum. For `baseline`, `acb` and
-`repvgg` the masks stay at ones, which is exactly SGD with that coupled
-decay.
+JSON files are written atomically. The optimizer, the MI callback and
+(for CIFAR) the augmentation are `keras_sgs.recipes`'s, with the flags'
+values (`recipe_from_flags`).
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -44,12 +42,11 @@ from train_flags import DEFINING_FLAGS
 from train_flags import SGS_METHODS
 
 import keras_sgs
+from keras_sgs import recipes
 from keras_sgs.models import build_model
 from keras_sgs.reparam import fuse_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# ACNet's 3x3 + 1x3 + 3x1 block as a fixed mask for `sgs_constant`.
-ACB_BRANCHES = [((3, 3), 1.0), ((1, 3), 1.0), ((3, 1), 1.0)]
 
 
 def kernels(model):
@@ -63,32 +60,50 @@ def kernels(model):
     return found
 
 
-def make_optimizer(
-    config, model, learning_rate, total_steps, decay_kernels_only
-):
-    """`SGSWrapper(SGD)` with cosine decay and coupled weight decay (on
-    every trainable variable, or on the kernels only); the masks are
-    ACNet's for `sgs_constant`, else ones (learned by the callback for
-    `sgs_mi`)."""
-    schedule = keras.optimizers.schedules.CosineDecay(
-        learning_rate, decay_steps=total_steps
+def recipe_from_flags(config, learning_rate):
+    """The `keras_sgs.recipes.Recipe` of the flag values `config`, with
+    `learning_rate` (`--lr`, scaled by the batch for ImageNet)."""
+    return dataclasses.replace(
+        recipes.CIFAR,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=learning_rate,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+        refresh_every=config.refresh_every,
+        refresh_warmup=config.refresh_warmup,
+        refresh_batches=config.refresh_batches,
+        mi_k=config.mi_k,
     )
-    sgd = keras.optimizers.SGD(
-        schedule, momentum=config.momentum, nesterov=config.nesterov
+
+
+def build(config, task, num_classes, recipe, total_steps):
+    """`(model, optimizer)` of a run: `--model` with `--method`'s convs and
+    the recipe's optimizer for `--method` (`repopt`: `baseline`'s with
+    RepOptimizer's masks, see `repopt_masks`); coupled weight decay on the
+    kernels only when `task.decay_kernels_only`. Call it in the
+    strategy's scope."""
+    model = build_model(
+        config.model,
+        num_classes,
+        conv_type=CONV_TYPES.get(config.method, "plain"),
+        input_shape=task.input_shape,
+        width=config.width,
+        head=task.head,
     )
-    if decay_kernels_only:
+    if config.method == "repopt":
+        optimizer = recipes.optimizer(
+            "baseline", total_steps, recipe, masks=repopt_masks(model, config)
+        )
+    else:
+        optimizer = recipes.optimizer(config.method, total_steps, recipe)
+    if task.decay_kernels_only:
         kept = {id(v) for v in kernels(model)}
-        sgd.exclude_from_weight_decay(
+        optimizer.exclude_from_weight_decay(
             var_list=[v for v in model.trainable_variables if id(v) not in kept]
         )
-    masks = None
-    if config.method == "sgs_constant":
-        masks = keras_sgs.mask_from_branches((3, 3), ACB_BRANCHES)
-    if config.method == "repopt":
-        masks = repopt_masks(model, config)
-    return keras_sgs.SGSWrapper(
-        sgd, masks=masks, coupled_weight_decay=config.weight_decay or None
-    )
+    return model, optimizer
 
 
 def repopt_masks(model, config):
@@ -230,26 +245,13 @@ def train_in(config, task, strategy, output_dir):
     learning_rate = config.lr
     if task.lr_reference_batch:
         learning_rate *= config.batch_size / task.lr_reference_batch
+    recipe = recipe_from_flags(config, learning_rate)
 
     with strategy.scope():
-        model = build_model(
-            config.model,
-            data.num_classes,
-            conv_type=CONV_TYPES.get(config.method, "plain"),
-            input_shape=task.input_shape,
-            width=config.width,
-            head=task.head,
+        model, optimizer = build(
+            config, task, data.num_classes, recipe, config.epochs * steps
         )
-        compile_model(
-            model,
-            make_optimizer(
-                config,
-                model,
-                learning_rate,
-                config.epochs * steps,
-                task.decay_kernels_only,
-            ),
-        )
+        compile_model(model, optimizer)
     run_dir.record_start(
         output_dir, task.name, defining, other, config.overwrite
     )
@@ -262,7 +264,7 @@ def train_in(config, task, strategy, output_dir):
         steps_per_epoch=steps,
         shuffle=False,  # `train_ds` is shuffled; `fit` shuffles arrays only
         callbacks=run_callbacks.make_callbacks(
-            config, output_dir, history, held_out, strategy
+            config, recipe, output_dir, history, held_out, strategy
         ),
         verbose=config.verbose,
     )

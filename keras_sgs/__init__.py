@@ -1,6 +1,7 @@
 """Spatial Gradient Scaling (Detkov et al., ICLR 2023) for Keras 3."""
 
 from keras_sgs import models
+from keras_sgs import recipes
 from keras_sgs import reparam
 from keras_sgs.masks import csla_conv
 from keras_sgs.masks import mask_from_branches
@@ -17,6 +18,7 @@ __version__ = "0.2.0"
 __all__ = [
     "MIScalingCallback",
     "models",
+    "recipes",
     "reparam",
     "SGSWrapper",
     "SpatialGradientScaling",

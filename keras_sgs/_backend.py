@@ -36,10 +36,11 @@ def inside_traced_function(value):
     return False
 
 
-def assign_in_replica_context(strategy, variables, values):
-    """Assigns `values` to `variables` from a replica's step: under a
-    `tf.distribute` strategy (`strategy`), in cross-replica context, so
-    that every replica's copy gets the value."""
+def assign_in_replica_context(optimizer, variables, values):
+    """Assigns `values` to `variables` from a replica's step of
+    `optimizer`: on TensorFlow in cross-replica context of the optimizer's
+    `tf.distribute` strategy, so that every replica's copy gets the
+    value."""
     if keras.backend.backend() != "tensorflow":
         for variable, value in zip(variables, values):
             variable.assign(value)
@@ -54,7 +55,11 @@ def assign_in_replica_context(strategy, variables, values):
                 group=False,
             )
 
-    private.merge_call(assign_all, strategy, list(zip(variables, values)))
+    private.merge_call(
+        assign_all,
+        private.distribution_strategy(optimizer),
+        list(zip(variables, values)),
+    )
 
 
 def mask_layout(mask_shape, kernel):

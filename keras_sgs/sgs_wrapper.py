@@ -381,9 +381,7 @@ class SGSWrapper(keras.optimizers.Optimizer):
         if decaying:
             private.apply_weight_decay(inner, decaying)
         decayed_values = [ops.copy(v) for v in kernels]
-        assign_in_replica_context(
-            private.distribution_strategy(self), kernels, old_values
-        )
+        assign_in_replica_context(self, kernels, old_values)
         inner.apply(grads, trainable_variables)
         new_values = []
         for (variable, mask), decayed in zip(scaled, decayed_values):
@@ -397,9 +395,7 @@ class SGSWrapper(keras.optimizers.Optimizer):
                     lambda value=value, c=variable.constraint: c(value),
                 )
             new_values.append(value)
-        assign_in_replica_context(
-            private.distribution_strategy(self), kernels, new_values
-        )
+        assign_in_replica_context(self, kernels, new_values)
 
     # -- forwarded to the inner optimizer ------------------------------------
 

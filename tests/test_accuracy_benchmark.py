@@ -27,6 +27,8 @@ import cifar  # noqa: E402
 import paired  # noqa: E402
 from epochs_that_fit import epochs_that_fit  # noqa: E402
 
+from keras_sgs import recipes  # noqa: E402
+
 CIFAR100_TRAIN = str(CIFAR100_DIR / "train-00000-of-00008.tfrecord")
 CIFAR100_TEST = str(CIFAR100_DIR / "test-00000-of-00002.tfrecord")
 
@@ -38,56 +40,6 @@ SMOKE = [
     "--seeds=0",
     "--refresh_every=1",
 ]
-
-
-def test_random_crop_flip_is_a_shifted_crop_of_the_padded_image():
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (600, 32, 32, 3)).astype(np.uint8)
-    layer = cifar.RandomCropFlip(4, seed=1)
-    out = keras.ops.convert_to_numpy(layer(images, training=True))
-    padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)]).astype(np.float32)
-    seen = set()
-    for i in range(len(images)):
-        found = [
-            (dy, dx, flip)
-            for dy in range(9)
-            for dx in range(9)
-            for flip in (False, True)
-            if np.array_equal(
-                out[i],
-                padded[i, dy : dy + 32, dx : dx + 32][:, ::-1]
-                if flip
-                else padded[i, dy : dy + 32, dx : dx + 32],
-            )
-        ]
-        assert len(found) == 1, i
-        seen.add(found[0])
-    # One draw per image: nearly all of the 162 (offset, flip) choices
-    # occur, flips about half of the time.
-    assert len(seen) > 140
-    assert 0.35 < np.mean([flip for _, _, flip in seen]) < 0.65
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(layer(images)), images.astype(np.float32)
-    )
-
-
-def test_cutout_zeroes_one_square_per_image():
-    images = np.ones((400, 32, 32, 3), np.float32)
-    layer = cifar.Cutout(16, seed=2)
-    out = keras.ops.convert_to_numpy(layer(images, training=True))
-    sides = []
-    for image in out:
-        zero = image[..., 0] == 0
-        assert np.array_equal(zero[..., None].repeat(3, -1), image == 0)
-        rows, cols = np.flatnonzero(zero.any(1)), np.flatnonzero(zero.any(0))
-        # A rectangle: the product of its row and column ranges.
-        assert zero.sum() == len(rows) * len(cols)
-        assert np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1)
-        sides += [len(rows), len(cols)]
-    assert min(sides) >= 8 and max(sides) == 16
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(layer(images)), images
-    )
 
 
 def run_study(*args, expect_returncode=0):
@@ -118,10 +70,10 @@ def test_cifar100_records_have_the_published_statistics_and_fine_labels():
     assert images.shape == (6250, 32, 32, 3) and images.dtype == np.uint8
     assert labels.dtype == np.int64 and set(labels) == set(range(100))
     pixels = images.reshape(-1, 3) / 255.0
-    stats = cifar.DATASETS["cifar100"]
+    stats = recipes.DATASETS["cifar100"]
     np.testing.assert_allclose(pixels.mean(0), stats.mean, atol=0.005)
     np.testing.assert_allclose(pixels.std(0), stats.std, atol=0.005)
-    assert cifar.DATASETS["cifar100"].num_classes == 100
+    assert recipes.DATASETS["cifar100"].num_classes == 100
 
 
 # The study runs on TensorFlow (the CPU tables) and on JAX (the GPU
@@ -188,29 +140,6 @@ def test_smoke_run_on_cifar100_writes_runs_and_table(tmp_path):
     assert "\n".join(again[3:]) == "\n".join(text.splitlines()[2:])
 
 
-def test_check_labels_refuses_labels_of_another_data_set():
-    ten_classes = np.arange(2000) % 10
-    with pytest.raises(ValueError, match="hold only 10 distinct labels"):
-        cifar.check_labels(ten_classes, "cifar100", "records")
-    # 512 draws from 100 classes show about 99 distinct labels (found with
-    # accuracy.py --train_images=512 on CIFAR-10 records as CIFAR-100).
-    with pytest.raises(
-        ValueError, match="cifar100's 100 balanced classes show about 99"
-    ):
-        cifar.check_labels(ten_classes[:512], "cifar100", "records")
-    # 10 images: about 10 labels expected, as many as CIFAR-10 has.
-    cifar.check_labels(ten_classes[:10], "cifar100", "records")
-    cifar.check_labels(ten_classes, "cifar10", "records")
-    # The first images of the shuffled CIFAR-100 records pass at any size.
-    _, real = cifar.load_split(CIFAR100_TRAIN, "train", 512)
-    for n in (1, 2, 16, 64, 256, 512):
-        cifar.check_labels(real[:n], "cifar100", "records")
-    with pytest.raises(ValueError, match=r"must be 0\.\.99 for cifar100"):
-        cifar.check_labels(np.array([0, 100]), "cifar100", "records")
-    with pytest.raises(ValueError, match="Received: labels from -1 to 3"):
-        cifar.check_labels(np.array([-1, 3]), "cifar10", "records")
-
-
 def fake_run(method, seed, top1, seconds=10.0, refreshes=(), **settings):
     """A finished run's dict as `accuracy.py` writes it."""
     run = {
@@ -229,7 +158,7 @@ def fake_run(method, seed, top1, seconds=10.0, refreshes=(), **settings):
         "mi_refresh_seconds": list(refreshes),
         "finished": True,
     }
-    if method in accuracy.CONV_TYPES:
+    if method in accuracy.BRANCHED:
         run["fused_test_top1"] = top1 - 0.001
     return dict(run, **settings)
 

@@ -687,3 +687,59 @@ def test_export_refuses_an_unfinished_run(stopped_run_files, tmp_path):
         "export.py", f"--run_dir={tmp_path}", expect_returncode=1
     )
     assert "is not a finished training run: it has no results.json" in output
+
+
+@pytest.mark.parametrize(
+    "dataset, method",
+    [("cifar100", "sgs_mi"), ("cifar10", "sgs_constant"), ("cifar100", "acb")],
+)
+def test_train_cifar_builds_what_the_study_builds(dataset, method):
+    """`train_cifar.py` and `benchmarks/accuracy.py` take the recipe from
+    one place (`keras_sgs.recipes`): for the same data set, method, seed
+    and number of steps they build the same backbone with the same initial
+    weights, the same optimizer (SGD, cosine schedule, masks, coupled
+    decay), the same MI refresh and the same augmentation (the example's
+    `tf.data` map gives the recipe's augmentation, draw for draw). The
+    front ends own their data: the study keeps the last partial batch of
+    an epoch, the example's pipeline drops it."""
+    process = subprocess.run(
+        [sys.executable, str(TESTS / "recipe_builds_main.py"), dataset, method],
+        env=dict(
+            os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr[-5000:]
+    built = json.loads(process.stdout)
+    study, example = built["study"], built["example"]
+    assert (
+        set(study)
+        == set(example)
+        == {
+            "backbone",
+            "weights",
+            "optimizer",
+            "recipe",
+            "refresh",
+            "augmentation",
+            "augmented",
+        }
+    )
+    for part in study:
+        assert study[part] == example[part], part
+    # What was compared is the recipe's, and differs between methods.
+    inner = study["optimizer"]["inner_optimizer"]["config"]
+    assert (inner["momentum"], inner["nesterov"]) == (0.9, False)
+    assert study["optimizer"]["coupled_weight_decay"] == 5e-4
+    acnet = [[1.0, 2.0, 1.0], [2.0, 3.0, 2.0], [1.0, 2.0, 1.0]]
+    assert (study["optimizer"]["masks"] == acnet) == (method == "sgs_constant")
+    assert study["refresh"] == ([[5, 1, 5.0]] if method == "sgs_mi" else [])
+    layers = [layer["class_name"] for layer in study["backbone"]["layers"]]
+    assert ("ACBlock" in layers) == (method == "acb")
+    assert [name for name, _ in study["augmentation"]] == [
+        "RandomCropFlip",
+        "Normalization",
+        "Cutout",
+    ]
