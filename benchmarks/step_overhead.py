@@ -6,10 +6,11 @@ variants run interleaved (round-robin, several rounds) so that machine
 noise hits them alike, and the median seconds per step of each is compared
 with the inner optimizer alone:
 
-- `SGD`: `keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4)`;
+- `SGD`: the recipe's SGD (`keras_sgs.recipes.CIFAR`: learning rate,
+  momentum) with its weight decay as Keras's decoupled `weight_decay`;
 - `SGSWrapper gradient` / `SGSWrapper update`: the same SGD wrapped, ACB mask;
-- `SGSWrapper, coupled decay`: the accuracy study's optimizer,
-  `SGSWrapper(SGD(0.1, momentum=0.9), coupled_weight_decay=5e-4)`, ACB mask;
+- `SGSWrapper, coupled decay`: the accuracy study's optimizer, the SGD
+  without decay in `SGSWrapper(coupled_weight_decay=...)`, ACB mask;
 - `ACB branches`: every 3x3 conv-BN replaced by a `keras_sgs.reparam.ACBlock`
   (3x3 + 1x3 + 3x1 convs, each with BatchNormalization, summed: ACNet),
   trained with the plain SGD;
@@ -38,6 +39,7 @@ from common import device_description
 from common import write_table
 
 import keras_sgs
+from keras_sgs import recipes
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -64,13 +66,16 @@ flags.DEFINE_string(
     "output", "benchmarks/results/step_overhead.md", "Markdown table path."
 )
 
-ACB = keras_sgs.mask_from_branches(
-    (3, 3), [((3, 3), 1.0), ((1, 3), 1.0), ((3, 1), 1.0)]
-)
+ACB = keras_sgs.mask_from_branches((3, 3), recipes.ACNET_BRANCHES)
+RECIPE = recipes.CIFAR
 
 
-def sgd():
-    return keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4)
+def sgd(weight_decay=RECIPE.weight_decay):
+    return keras.optimizers.SGD(
+        RECIPE.learning_rate,
+        momentum=RECIPE.momentum,
+        weight_decay=weight_decay,
+    )
 
 
 def variants(name):
@@ -88,9 +93,9 @@ def variants(name):
         "SGSWrapper, coupled decay": (
             "plain",
             lambda: keras_sgs.SGSWrapper(
-                keras.optimizers.SGD(0.1, momentum=0.9),
+                sgd(weight_decay=None),
                 masks=ACB,
-                coupled_weight_decay=5e-4,
+                coupled_weight_decay=RECIPE.weight_decay,
             ),
         ),
         "ACB branches": ("acb", sgd),
