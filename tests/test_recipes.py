@@ -93,7 +93,7 @@ def test_optimizer_is_the_recipes_sgd_with_the_methods_masks(method):
     ones otherwise."""
     optimizer = recipes.optimizer(method, total_steps=100)
     inner = optimizer.inner_optimizer
-    assert type(inner) is keras.optimizers.SGD
+    assert isinstance(inner, keras.optimizers.SGD)
     assert (inner.momentum, inner.nesterov) == (0.9, False)
     assert optimizer.coupled_weight_decay == 5e-4
     schedule = keras.optimizers.schedules.deserialize(
