@@ -48,6 +48,10 @@ class Task:
         check_every_example: bool. `check_data` decodes every image and
             reads every label (small data sets); otherwise the first
             batch of the first file and the first example of the others.
+        check_labels: `None`, or `(labels, data) -> None`, which raises a
+            `ValueError` when all the training labels (read when
+            `check_every_example`) are not the data set's (e.g.
+            `keras_sgs.recipes.check_labels`).
     """
 
     name: str
@@ -69,6 +73,7 @@ class Task:
     defining_flags: tuple = ()
     head: str = "linear"
     check_every_example: bool = False
+    check_labels: object = None
 
 
 @dataclasses.dataclass
@@ -234,9 +239,9 @@ def check_data(data, task, batch_size):
     training and of the test data and the first example of every other
     file, and checks that each image has the model's channels (and its
     height and width when `task.exact_image_size`) and each label is in
-    `[0, num_classes)`. With every example read, the training data must
-    also show every class when it is large enough to (20 examples per
-    class): CIFAR-10 records given as CIFAR-100 show only 10.
+    `[0, num_classes)`. With every example read, `task.check_labels`
+    checks all the training labels (CIFAR-10 records given as CIFAR-100
+    show only 10 classes).
 
     Raises:
         ValueError: naming the file (or split), the example and what was
@@ -255,7 +260,8 @@ def check_data(data, task, batch_size):
                 examples = examples.take(batch_size if index == 0 else 1)
             labels.append(_check_examples(name, examples, task, data))
         if parts is data.train_parts and task.check_every_example:
-            _check_classes(np.concatenate(labels), data)
+            if task.check_labels is not None:
+                task.check_labels(np.concatenate(labels), data)
 
 
 def _check_examples(name, examples, task, data):
@@ -293,18 +299,6 @@ def _check_examples(name, examples, task, data):
         if problem:
             raise ValueError(f"{name}: example {position} has {problem}.")
     return labels
-
-
-def _check_classes(labels, data):
-    """Every class among `labels`, when there are 20 per class or more."""
-    seen = np.unique(labels)
-    if len(labels) >= 20 * data.num_classes and len(seen) < data.num_classes:
-        raise ValueError(
-            f"The {len(labels)} training examples of {data.source} hold "
-            f"only {len(seen)} of the {data.num_classes} classes (labels "
-            f"{seen.min()}..{seen.max()}): another data set's records? "
-            "(--dataset, --num_classes)"
-        )
 
 
 def shard_examples_if_few_files(dataset, num_files, num_workers):

@@ -97,10 +97,7 @@ def decode(encoded, label):
 def make_task(dataset, head):
     """The `pipelines.Task` of `dataset` (a key of
     `keras_sgs.recipes.DATASETS`)."""
-    normalization = recipes.normalization(dataset)
-    # Built now: `tf.data` traces each pipeline's functions in a graph of
-    # its own, where the layer's constants would stay.
-    normalization.build((None,) + recipes.IMAGE_SHAPE)
+    stats = recipes.DATASETS[dataset]
 
     def train_augment(seed):
         """The recipe's crop, flip, normalization and cutout
@@ -108,14 +105,22 @@ def make_task(dataset, head):
         augmentation = recipes.augmentation(dataset, seed=seed)
 
         def augment(image, label):
-            return augmentation(image[None], training=True)[0], label
+            image = augmentation(image[None], training=True)[0]
+            # float32 under mixed_float16 too, as the test images.
+            return tf.cast(image, tf.float32), label
 
         return augment
+
+    def check_labels(labels, data):
+        """The recipe's check that the labels are `dataset`'s (when
+        --num_classes keeps its classes)."""
+        if data.num_classes == stats.num_classes:
+            recipes.check_labels(labels, dataset, data.source)
 
     def eval_decode(encoded, label):
         """PNG or JPEG bytes to a normalized float32 image."""
         image, label = decode(encoded, label)
-        return normalization(image[None])[0], label
+        return pipelines.normalize(image, stats.mean, stats.std), label
 
     return pipelines.Task(
         name="cifar",
@@ -134,6 +139,7 @@ def make_task(dataset, head):
         decay_kernels_only=False,
         head=head,
         check_every_example=True,
+        check_labels=check_labels,
         defining_flags=("dataset", "head"),
     )
 

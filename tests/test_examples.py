@@ -548,8 +548,9 @@ def test_cifar10_records_as_cifar100_are_refused_before_training(tmp_path):
     )
     assert "Epoch 1/" not in output
     assert (
-        f"The 4000 training examples of {SAMPLE / 'train.tfrecord'} hold "
-        "only 10 of the 100 classes (labels 0..9)"
+        f"4000 images of '{SAMPLE / 'train.tfrecord'}' hold only 10 distinct "
+        "labels (labels 0..9), where 4000 images of cifar100's 100 balanced "
+        "classes show about 100"
     ) in output
 
 
