@@ -690,8 +690,7 @@ def table(results, train_images, test_images):
         f"Device: {'; '.join(devices)}. {first['model']} ({first['head']} "
         f"head, width {first['width']}), {first['epochs']} epochs, "
         f"{train_images} training / {test_images} test images of "
-        f"{first['dataset']}; the authors' recipe (see "
-        "benchmarks/accuracy.py).",
+        f"{first['dataset']}; the authors' recipe (keras_sgs.recipes).",
         "",
         "| method | seeds | test top-1 (%) | per seed (seed) "
         "| fused top-1 (%) | s/epoch | s/epoch vs baseline "
