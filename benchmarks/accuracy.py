@@ -68,7 +68,6 @@ from keras_sgs.plotting import model_masks  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 MODELS = ("vgg11", "vgg16", "resnet18")
-# The authors' model and schedule per data set: (head, epochs).
 # The study's default epochs per data set: the CIFAR-10 study's 60, the
 # authors' 200 for CIFAR-100.
 DEFAULT_EPOCHS = {"cifar10": 60, "cifar100": recipes.CIFAR.epochs}
@@ -449,10 +448,7 @@ def train_run(job):
         )
         compile_for_accuracy(fused, "sgd")
         results["fused_test_top1"] = evaluate(fused, *test)
-    if (
-        recipes.METHODS[method].learns_masks
-        or recipes.METHODS[method].fixed_mask
-    ):
+    if recipes.METHODS[method].scales_gradients:
         results["masks"] = {
             name: mask.tolist() for name, mask in model_masks(model).items()
         }

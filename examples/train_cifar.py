@@ -126,7 +126,7 @@ def make_task(dataset, head):
         name="cifar",
         input_shape=recipes.IMAGE_SHAPE,
         exact_image_size=True,
-        num_classes=recipes.DATASETS[dataset].num_classes,
+        num_classes=stats.num_classes,
         train_data=str(SAMPLE / "train.tfrecord"),
         test_data=str(SAMPLE / "test.tfrecord"),
         tfds_test_split="test",

@@ -9,9 +9,7 @@ from keras_sgs import recipes
 # `baseline`'s optimizer with CSLA blocks' masks and initial kernels.
 METHODS = tuple(recipes.METHODS) + ("repopt",)
 SGS_METHODS = tuple(
-    name
-    for name, method in recipes.METHODS.items()
-    if method.learns_masks or method.fixed_mask
+    name for name, method in recipes.METHODS.items() if method.scales_gradients
 ) + ("repopt",)
 CONV_TYPES = {  # other methods: "plain"
     name: method.conv_type

@@ -124,6 +124,11 @@ class Method:
     fixed_mask: bool = False
     learns_masks: bool = False
 
+    @property
+    def scales_gradients(self):
+        """Whether the method's masks differ from ones (fixed or learned)."""
+        return self.fixed_mask or self.learns_masks
+
 
 METHODS = {
     "baseline": Method(),
