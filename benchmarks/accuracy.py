@@ -73,9 +73,7 @@ MODELS = ("vgg11", "vgg16", "resnet18")
 DEFAULT_EPOCHS = {"cifar10": 60, "cifar100": recipes.CIFAR.epochs}
 METHODS = tuple(recipes.METHODS)
 # The branched methods, evaluated after fusion too.
-BRANCHED = tuple(
-    m for m, s in recipes.METHODS.items() if s.conv_type != "plain"
-)
+BRANCHED = tuple(m for m, s in recipes.METHODS.items() if s.branched)
 # (dataset, model, epochs) -> (source, seeds, baseline, SGS), from
 # ../shared/docs/method.md: CIFAR-10 measured with the authors' PyTorch code
 # on the same TFRecords (VGG-11-BN, one H100); CIFAR-100 the paper's

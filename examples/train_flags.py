@@ -14,7 +14,7 @@ SGS_METHODS = tuple(
 CONV_TYPES = {  # other methods: "plain"
     name: method.conv_type
     for name, method in recipes.METHODS.items()
-    if method.conv_type != "plain"
+    if method.branched
 }
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 # The flags that define a run: what it trains, on what, with which recipe.

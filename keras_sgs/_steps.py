@@ -1,9 +1,11 @@
-"""The math of `SGSWrapper`'s step, as pure functions on tensors: masked
-gradients, the masked update, coupled weight decay."""
+"""The math of `SGSWrapper`'s step: masked gradients, the masked update,
+coupled weight decay (pure functions on tensors), and the update mode's
+whole step."""
 
 from keras import ops
 
 from keras_sgs import _keras_private as private
+from keras_sgs._backend import assign_in_replica_context
 
 
 def mask_gradients(grads, masks):
@@ -60,3 +62,48 @@ def add_coupled_decay(grads, variables, decay, inner, masks=None):
             g_decay = g_decay / ops.where(m > 0, m, ops.ones_like(m))
         result.append(g + g_decay)
     return result
+
+
+def apply_masked_update(wrapper, grads, trainable_variables, variables, masks):
+    """`wrapper.inner_optimizer.apply(grads, trainable_variables)` with each
+    scaled kernel's step masked (`mode="update"`): the inner optimizer's
+    decoupled weight decay is applied whole, then its step from the decayed
+    value is multiplied by the mask.
+
+    Args:
+        wrapper: the `SGSWrapper` (its strategy assigns the values).
+        grads: list of gradients, aligned with `variables`.
+        trainable_variables: what `apply` received (`None`: all).
+        variables: the variables the gradients belong to.
+        masks: list of masks (or `None`), aligned with `variables`.
+    """
+    inner = wrapper.inner_optimizer
+    scaled = [
+        (v, m)
+        for g, v, m in zip(grads, variables, masks)
+        if m is not None and g is not None
+    ]
+    kernels = [v for v, _ in scaled]
+    old_values = [ops.copy(v) for v in kernels]
+    # The decay alone, by the inner optimizer's own rule (Muon decays conv
+    # kernels with `adam_weight_decay`), then the whole step. Only on
+    # kernels it decays: PyTorch's decay fails on an empty list.
+    decaying = [v for v in kernels if private.uses_weight_decay(inner, v)]
+    if decaying:
+        private.apply_weight_decay(inner, decaying)
+    decayed_values = [ops.copy(v) for v in kernels]
+    assign_in_replica_context(wrapper, kernels, old_values)
+    inner.apply(grads, trainable_variables)
+    new_values = []
+    for (variable, mask), decayed in zip(scaled, decayed_values):
+        value = masked_step(decayed, variable, mask)
+        if variable.constraint is not None:
+            # Where every mask value is 1 the inner optimizer has
+            # constrained `value` already (MaxNorm is not idempotent).
+            value = ops.cond(
+                ops.all(ops.equal(mask, 1)),
+                lambda value=value: value,
+                lambda value=value, c=variable.constraint: c(value),
+            )
+        new_values.append(value)
+    assign_in_replica_context(wrapper, kernels, new_values)

@@ -129,6 +129,11 @@ class Method:
         """Whether the method's masks differ from ones (fixed or learned)."""
         return self.fixed_mask or self.learns_masks
 
+    @property
+    def branched(self):
+        """Whether the method trains branched convs (deployed fused)."""
+        return self.conv_type != "plain"
+
 
 METHODS = {
     "baseline": Method(),

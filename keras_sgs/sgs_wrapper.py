@@ -9,7 +9,6 @@ from keras import ops
 from keras_sgs import _keras_private as private
 from keras_sgs import _mask_argument
 from keras_sgs import masks as masks_lib
-from keras_sgs._backend import assign_in_replica_context
 from keras_sgs._backend import eager_variable_creation
 from keras_sgs._backend import inside_traced_function
 from keras_sgs._backend import mask_layout
@@ -18,6 +17,7 @@ from keras_sgs._inner_optimizer import MODES  # noqa: F401 (public name)
 from keras_sgs._inner_optimizer import check_inner_optimizer
 from keras_sgs._inner_optimizer import inner_attribute
 from keras_sgs._steps import add_coupled_decay
+from keras_sgs._steps import apply_masked_update
 from keras_sgs._steps import mask_gradients
 from keras_sgs._steps import masked_step
 from keras_sgs.conv_kernels import conv_kernel_owners
@@ -324,8 +324,8 @@ class SGSWrapper(keras.optimizers.Optimizer):
             self.inner_optimizer.apply(grads, trainable_variables)
         else:
             grads = self._add_coupled_decay(grads, variables, masks)
-            self._apply_masked_update(
-                grads, trainable_variables, variables, masks
+            apply_masked_update(
+                self, grads, trainable_variables, variables, masks
             )
 
     def update_step(self, gradient, variable, learning_rate):
@@ -362,40 +362,6 @@ class SGSWrapper(keras.optimizers.Optimizer):
             self.inner_optimizer,
             masks,
         )
-
-    def _apply_masked_update(
-        self, grads, trainable_variables, variables, masks
-    ):
-        inner = self.inner_optimizer
-        scaled = [
-            (v, m)
-            for g, v, m in zip(grads, variables, masks)
-            if m is not None and g is not None
-        ]
-        kernels = [v for v, _ in scaled]
-        old_values = [ops.copy(v) for v in kernels]
-        # The decay alone, by the inner optimizer's own rule (Muon decays
-        # conv kernels with `adam_weight_decay`), then the whole step. Only
-        # on kernels it decays: PyTorch's decay fails on an empty list.
-        decaying = [v for v in kernels if private.uses_weight_decay(inner, v)]
-        if decaying:
-            private.apply_weight_decay(inner, decaying)
-        decayed_values = [ops.copy(v) for v in kernels]
-        assign_in_replica_context(self, kernels, old_values)
-        inner.apply(grads, trainable_variables)
-        new_values = []
-        for (variable, mask), decayed in zip(scaled, decayed_values):
-            value = masked_step(decayed, variable, mask)
-            if variable.constraint is not None:
-                # Where every mask value is 1 the inner optimizer has
-                # constrained `value` already (MaxNorm is not idempotent).
-                value = ops.cond(
-                    ops.all(ops.equal(mask, 1)),
-                    lambda value=value: value,
-                    lambda value=value, c=variable.constraint: c(value),
-                )
-            new_values.append(value)
-        assign_in_replica_context(self, kernels, new_values)
 
     # -- forwarded to the inner optimizer ------------------------------------
 

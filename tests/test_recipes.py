@@ -86,6 +86,22 @@ def test_check_labels_refuses_labels_of_another_data_set():
         recipes.check_labels(np.array([-1, 3]), "cifar10", "records")
 
 
+def test_methods_table_says_which_methods_branch_and_which_scale():
+    branched = {m for m, s in recipes.METHODS.items() if s.branched}
+    scaling = {m for m, s in recipes.METHODS.items() if s.scales_gradients}
+    assert branched == {"acb", "repvgg"}
+    assert scaling == {"sgs_mi", "sgs_constant"}
+    for name, method in recipes.METHODS.items():
+        model = keras_sgs.models.build_model(
+            "vgg11", 10, conv_type=method.conv_type, width=0.125
+        )
+        has_branches = any(
+            isinstance(layer, keras_sgs.reparam.BRANCHED_CONVS)
+            for layer in model.layers
+        )
+        assert has_branches == method.branched, name
+
+
 @pytest.mark.parametrize("method", list(recipes.METHODS))
 def test_optimizer_is_the_recipes_sgd_with_the_methods_masks(method):
     """SGD momentum 0.9 without Nesterov, lr 0.1 decayed by a cosine over
