@@ -39,9 +39,16 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 # The authors' ImageNet recipe (above): the CIFAR recipe's SGD and SGS-MI
-# settings, with these changes.
+# settings, with these changes; no CIFAR crop or cutout (the augmentation
+# is this script's random resized crop and flip).
 IMAGENET = dataclasses.replace(
-    recipes.CIFAR, epochs=120, batch_size=256, weight_decay=1e-4, nesterov=True
+    recipes.CIFAR,
+    epochs=120,
+    batch_size=256,
+    weight_decay=1e-4,
+    nesterov=True,
+    crop_padding=None,
+    cutout=None,
 )
 
 train_flags.define_flags(

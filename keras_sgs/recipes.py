@@ -57,9 +57,10 @@ class Recipe:
         momentum: float. SGD momentum.
         nesterov: bool. Nesterov momentum.
         weight_decay: float. Coupled weight decay, after the SGS mask.
-        crop_padding: int. Zeros padded on each side before the random
-            crop.
-        cutout: int. Side of the cutout square.
+        crop_padding: int or `None`. Zeros padded on each side before the
+            random crop and flip; `None`: no crop and flip.
+        cutout: int or `None`. Side of the cutout square; `None`: no
+            cutout.
         refresh_every: int. SGS-MI: epochs between refreshes.
         refresh_warmup: int. SGS-MI: the first refreshing epoch.
         refresh_batches: int. SGS-MI: held-out batches per refresh.
@@ -223,9 +224,9 @@ def normalization(dataset):
 def augmentation(dataset, recipe=CIFAR, seed=None):
     """The recipe's training input, as one built layer on batches of
     `(32, 32, 3)` images in `[0, 255]`: random crop and flip,
-    normalization, cutout (the augmentation only when called with
-    `training=True`; normalization always). It also runs in a `tf.data`
-    pipeline on TensorFlow.
+    normalization, cutout (the augmentations the recipe has, and only when
+    called with `training=True`; normalization always). It also runs in a
+    `tf.data` pipeline on TensorFlow.
 
     Args:
         dataset: str. A key of `DATASETS` (the normalization).
@@ -236,15 +237,13 @@ def augmentation(dataset, recipe=CIFAR, seed=None):
         A `keras.Sequential` that outputs float32.
     """
     crop_seed, cutout_seed = (None, None) if seed is None else (seed, seed + 1)
-    return keras.Sequential(
-        [
-            keras.Input(IMAGE_SHAPE),
-            RandomCropFlip(recipe.crop_padding, seed=crop_seed),
-            normalization(dataset),
-            Cutout(recipe.cutout, seed=cutout_seed),
-        ],
-        name="augmentation",
-    )
+    layers = [keras.Input(IMAGE_SHAPE)]
+    if recipe.crop_padding is not None:
+        layers.append(RandomCropFlip(recipe.crop_padding, seed=crop_seed))
+    layers.append(normalization(dataset))
+    if recipe.cutout is not None:
+        layers.append(Cutout(recipe.cutout, seed=cutout_seed))
+    return keras.Sequential(layers, name="augmentation")
 
 
 def check_labels(labels, dataset, source):

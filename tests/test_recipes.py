@@ -170,6 +170,31 @@ def test_augmentation_normalizes_always_and_augments_in_training():
 
 
 @pytest.mark.parametrize(
+    "changes, kept",
+    [
+        ({"cutout": None}, [recipes.RandomCropFlip]),
+        ({"crop_padding": None}, [recipes.Cutout]),
+        ({"crop_padding": None, "cutout": None}, []),
+    ],
+)
+def test_augmentation_leaves_out_what_the_recipe_has_not(changes, kept):
+    recipe = recipes.Recipe(**changes)
+    layer = recipes.augmentation("cifar10", recipe, seed=0)
+    augmenting = [
+        type(sublayer)
+        for sublayer in layer.layers
+        if isinstance(sublayer, (recipes.RandomCropFlip, recipes.Cutout))
+    ]
+    assert augmenting == kept
+    if not kept:
+        images = np.full((2, 32, 32, 3), 128, "uint8")
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(layer(images, training=True)),
+            keras.ops.convert_to_numpy(layer(images)),
+        )
+
+
+@pytest.mark.parametrize(
     "call, match",
     [
         (lambda: recipes.optimizer("dbb", 10), "method='dbb'"),
