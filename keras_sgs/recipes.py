@@ -24,7 +24,7 @@ backbone = keras_sgs.models.build_model("vgg11", 100, head="mlp")
 images = keras.Input((32, 32, 3))
 x = keras_sgs.recipes.augmentation("cifar100")(images)
 model = keras.Model(images, backbone(x))
-steps = recipe.epochs * (50_000 // recipe.batch_size)
+steps = recipe.epochs * math.ceil(50_000 / recipe.batch_size)  # fit's steps
 model.compile(
     optimizer=keras_sgs.recipes.optimizer("sgs_mi", steps),
     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
