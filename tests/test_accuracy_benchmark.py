@@ -578,3 +578,6 @@ def test_the_committed_cpu_study_gives_the_readme_numbers(tmp_path):
         ("| -0.39 | 0.28 | [-1.09, +0.31] |", "-0.39 [-1.09, +0.31]"),
     ]:
         assert row in text and readme_cell in readme, row
+    sixty = committed_study_table("cifar100_cpu_60ep", tmp_path / "60ep")
+    assert "| baseline | 1 | 58.47 | 58.47 (0) |" in sixty
+    assert "seed 0\nreaches 58.47" in readme
