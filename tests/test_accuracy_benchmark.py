@@ -580,8 +580,12 @@ def test_the_committed_cpu_study_gives_the_readme_numbers(tmp_path):
         assert row in text and readme_cell in readme, row
     sixty = committed_study_table("cifar100_cpu_60ep", tmp_path / "60ep")
     for row, readme_cell in [
-        ("| baseline | 1 | 58.47 | 58.47 (0) |", "baseline\nreaches 58.47"),
-        ("| sgs_mi | 1 | 59.74 | 59.74 (0) |", "SGS-MI 59.74"),
-        ("| sgs_mi - baseline | 1 | +1.27 (0) | +1.27 |", "59.74, +1.27"),
+        ("| baseline | 2 | 58.59 ± 0.16 |", "baseline\nreaches 58.59"),
+        ("| sgs_mi | 2 | 59.38 ± 0.51 |", "SGS-MI 59.38"),
+        (
+            "| +1.27 (0), +0.32 (1) | +0.80 | 0.67 | [-5.24, +6.83] |",
+            "paired +1.27 and +0.32",
+        ),
+        ("| [-5.24, +6.83] |", "interval of [-5.24, +6.83]"),
     ]:
         assert row in sixty and readme_cell in readme, row
