@@ -534,12 +534,21 @@ def committed_study_table(folder, tmp_path):
     return table.read_text()
 
 
+def assert_rows_in_table_and_readme(table, readme, *rows):
+    """Each `(table_row, readme_cell)`: the row is in the rebuilt table and
+    the cell quoting it is in the README."""
+    for row, readme_cell in rows:
+        assert row in table and readme_cell in readme, row
+
+
 def test_the_committed_gpu_study_gives_the_readme_numbers(tmp_path):
     """The README's CIFAR-100 GPU rows come from the committed runs: the
     table written again from those files holds them."""
     text = committed_study_table("gpu_cifar100/accuracy_12ep", tmp_path)
     readme = (REPO / "README.md").read_text()
-    for row, readme_cell in [
+    assert_rows_in_table_and_readme(
+        text,
+        readme,
         (
             "| sgs_mi - baseline | 3 | +0.22 (0), +1.24 (1), +0.92 (2) | "
             "+0.79 | 0.52 | [-0.50, +2.09] |",
@@ -552,8 +561,7 @@ def test_the_committed_gpu_study_gives_the_readme_numbers(tmp_path):
         ),
         ("| baseline | 3 | 46.18 ± 0.28 |", "46.18 ± 0.28"),
         ("| sgs_mi | 3 | 46.98 ± 0.29 |", "46.98 ± 0.29"),
-    ]:
-        assert row in text and readme_cell in readme, row
+    )
     # The ACB runs stopped after 11 of 12 epochs are not in the table.
     assert "| acb |" not in text
 
@@ -562,7 +570,9 @@ def test_the_committed_cpu_study_gives_the_readme_numbers(tmp_path):
     """The README's CIFAR-100 CPU rows come from the committed runs."""
     text = committed_study_table("cifar100_cpu", tmp_path)
     readme = (REPO / "README.md").read_text()
-    for row, readme_cell in [
+    assert_rows_in_table_and_readme(
+        text,
+        readme,
         ("| baseline | 5 | 46.14 ± 0.42 |", "| baseline | 46.14 ± 0.42 |"),
         ("| sgs_mi | 5 | 46.88 ± 0.48 |", "| SGS-MI | 46.88 ± 0.48 |"),
         ("| sgs_constant | 3 | 47.34 ± 0.39 |", "| 47.34 ± 0.39 |"),
@@ -576,12 +586,12 @@ def test_the_committed_cpu_study_gives_the_readme_numbers(tmp_path):
         ("| -3.91 | 1.02 | [-6.44, -1.38] |", "-3.91 [-6.44, -1.38]"),
         ("| -1.89 | 0.99 | [-4.36, +0.58] |", "-1.89 [-4.36, +0.58]"),
         ("| -0.39 | 0.28 | [-1.09, +0.31] |", "-0.39 [-1.09, +0.31]"),
-    ]:
-        assert row in text and readme_cell in readme, row
+    )
     sixty = committed_study_table("cifar100_cpu_60ep", tmp_path / "60ep")
-    for row, readme_cell in [
+    assert_rows_in_table_and_readme(
+        sixty,
+        readme,
         ("| baseline | 3 | 58.52 ± 0.16 |", "baseline reaches\n58.52 ± 0.16"),
         ("| sgs_mi | 3 | 59.17 ± 0.52 |", "SGS-MI 59.17 ± 0.52"),
         ("| +0.64 | 0.54 | [-0.71, +1.99] |", "paired +0.64 [-0.71, +1.99]"),
-    ]:
-        assert row in sixty and readme_cell in readme, row
+    )
