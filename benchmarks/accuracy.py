@@ -245,6 +245,7 @@ def main(argv):
                 settings,
                 method=method,
                 seed=seed,
+                command=command_line(),
                 data_dir=data_dir,
                 json_path=str(
                     runs_dir / f"{FLAGS.model}_{method}_seed{seed}.json"
@@ -260,7 +261,7 @@ def main(argv):
                 print(run_line(result), flush=True)
                 results.append(result)
     del results  # the table holds every finished run of the folder
-    write_study_table(FLAGS.output, new_command=command_line())
+    write_study_table(FLAGS.output)
 
 
 def retabulate(output):
@@ -317,10 +318,13 @@ def finished_runs(runs_dir):
     return results
 
 
-def write_study_table(output, new_command=None, tabulated_by=None):
+def write_study_table(output, tabulated_by=None):
     """Writes `output`: the commands that trained the runs (those already
-    at the top of `output`, then `new_command`), `tabulated_by`, and the
-    table of every finished run in `output`'s folder."""
+    at the top of `output`, then those the runs' files name), `tabulated_by`,
+    and the table of every finished run in `output`'s folder.
+
+    Each run's file names its command, so a run trained into another
+    checkout's folder and copied here brings its command with it."""
     results = finished_runs(pathlib.Path(output).with_suffix(""))
     commands = []
     if os.path.exists(output):
@@ -328,8 +332,10 @@ def write_study_table(output, new_command=None, tabulated_by=None):
             if not line.startswith("Command: "):
                 break
             commands.append(line)
-    if new_command and new_command not in commands:
-        commands.append(new_command)
+    for run in results:
+        # Runs written before 2026-12-07 do not name their command.
+        if run.get("command") and run["command"] not in commands:
+            commands.append(run["command"])
     first = results[0]
     text = table(results, first["train_images"], first["test_images"])
     header = commands + ([tabulated_by] if tabulated_by else [])
@@ -425,6 +431,7 @@ def train_run(job):
         "train_images": len(data["train_labels"]),
         "test_images": len(data["test_labels"]),
         "device": device_description(),
+        "command": job["command"],
         "finished": False,
     }
     run_log = RunLog(results, job["json_path"])

@@ -115,6 +115,7 @@ def test_smoke_run_on_cifar100_writes_runs_and_table(tmp_path):
         )
         assert run["train_images"] == 256 and run["test_images"] == 200
         assert run["seconds_per_epoch"] > 0
+        assert run["command"] == text.splitlines()[0]  # one for both runs
     # The warm-up epoch trains with ones, each later one refreshes.
     assert len(run["mi_refresh_seconds"]) == 2
     assert all(s > 0 for s in run["mi_refresh_seconds"])
@@ -249,14 +250,19 @@ def test_paired_statistics_against_scipy():
 
 def test_retabulate_joins_the_commands_and_runs_of_one_study(tmp_path):
     """A study trained by two commands (more seeds, then other methods):
-    the table holds every finished run and both commands; a run of other
-    settings in the folder is refused, naming its file."""
+    the table holds every finished run and both commands, the second
+    read from the runs' files (as for runs trained in another checkout
+    and copied in); a run of other settings in the folder is refused,
+    naming its file."""
     runs_dir = tmp_path / "study"
     runs_dir.mkdir()
     runs = (
         [fake_run("baseline", s, 0.70 + s / 100) for s in range(3)]
         + [fake_run("sgs_mi", s, 0.71 + s / 100) for s in range(3)]
-        + [fake_run("repvgg", s, 0.75) for s in (0, 1)]
+        + [
+            fake_run("repvgg", s, 0.75, command="Command: `two`")
+            for s in (0, 1)
+        ]
     )
     runs.append(dict(fake_run("acb", 0, 0.9), finished=False))  # cut short
     for r in runs:
@@ -266,7 +272,7 @@ def test_retabulate_joins_the_commands_and_runs_of_one_study(tmp_path):
             json.dump(r, f)
     table = tmp_path / "study.md"
     table.write_text("Command: `one`\nTabulated again by `x`.\n\nold\n")
-    accuracy.write_study_table(str(table), new_command="Command: `two`")
+    accuracy.write_study_table(str(table))
     lines = table.read_text().splitlines()
     assert lines[:2] == ["Command: `one`", "Command: `two`"]
     text = table.read_text()
@@ -530,7 +536,7 @@ def committed_study_table(folder, tmp_path):
     runs = REPO / "benchmarks" / "results" / folder
     shutil.copytree(runs, tmp_path / "study")
     table = tmp_path / "study.md"
-    accuracy.write_study_table(str(table), new_command="Command: `x`")
+    accuracy.write_study_table(str(table))
     return table.read_text()
 
 
