@@ -179,8 +179,8 @@ flags.DEFINE_bool(
     "retabulate",
     False,
     "Train nothing: write --output's table again from the finished runs' "
-    "JSON files in its folder (e.g. after a change to the table), keeping "
-    "the command that trained them.",
+    "JSON files in its folder (e.g. after a change to the table), under "
+    "the commands that trained them.",
 )
 flags.DEFINE_string(
     "output",
