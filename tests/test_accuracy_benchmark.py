@@ -540,6 +540,13 @@ def committed_study_table(folder, tmp_path):
     return table.read_text()
 
 
+def committed_top1(folder, method, seed):
+    """A committed run's deployed test top-1 (fused where branched)."""
+    path = REPO / "benchmarks" / "results" / folder
+    with open(path / f"vgg11_{method}_seed{seed}.json") as f:
+        return accuracy.deployed_top1(json.load(f))
+
+
 def assert_rows_in_table_and_readme(table, readme, *rows):
     """Each `(table_row, readme_cell)`: the row is in the rebuilt table and
     the cell quoting it is in the README."""
@@ -600,4 +607,17 @@ def test_the_committed_cpu_study_gives_the_readme_numbers(tmp_path):
         ("| baseline | 3 | 58.52 ± 0.16 |", "baseline reaches\n58.52 ± 0.16"),
         ("| sgs_mi | 3 | 59.17 ± 0.52 |", "SGS-MI 59.17 ± 0.52"),
         ("| +0.64 | 0.54 | [-0.71, +1.99] |", "paired +0.64 [-0.71, +1.99]"),
+        ("| repvgg | 2 | 60.62 ± 0.01 |", "reaches 60.62 ± 0.01"),
+        ("| +2.04 | 0.16 | [+0.64, +3.44] |", "+2.04\n[+0.64, +3.44]"),
+        ("| -1.24 | 0.52 | [-5.88, +3.39] |", "-1.24 [-5.88, +3.39]"),
     )
+    # What the README sets beside them: the same seeds at 20 epochs.
+    for a, b, seeds, quoted in (
+        ("sgs_mi", "baseline", (0, 1, 2), "+0.83\nfor the same seeds"),
+        ("repvgg", "baseline", (0, 1), "+4.71 for the same seeds"),
+        ("sgs_mi", "repvgg", (0, 1), "(it was -3.77)"),
+    ):
+        mean = np.mean(
+            [committed_top1("cifar100_cpu", a, s) for s in seeds]
+        ) - np.mean([committed_top1("cifar100_cpu", b, s) for s in seeds])
+        assert f"{100 * mean:+.2f}" in quoted and quoted in readme, quoted
