@@ -240,12 +240,13 @@ def main(argv):
         }
         for name, array in arrays.items():
             np.save(os.path.join(data_dir, f"{name}.npy"), array)
+        command = command_line()
         jobs = [
             dict(
                 settings,
                 method=method,
                 seed=seed,
-                command=command_line(),
+                command=command,
                 data_dir=data_dir,
                 json_path=str(
                     runs_dir / f"{FLAGS.model}_{method}_seed{seed}.json"
